@@ -1,0 +1,150 @@
+"""Command line: `watch`, `sync`, `validate`. The only place that turns errors into exit
+codes; settings are built here once and passed down."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from loguru import logger
+
+from credsync import __version__
+from credsync.errors import ConfigError, CredsyncError, Rejection, UploadMissing, UploadUnsettled, printable
+from credsync.intake import read_upload
+from credsync.ledger import Ledger
+from credsync.logs import configure_logging
+from credsync.pipeline import Outcome, Pipeline, now_ms
+from credsync.publisher import ensure_private_folder, remove_stale_temps
+from credsync.routes import KINDS, Kind, kind_for_filename, load_routes
+from credsync.settings import Settings, load_settings
+from credsync.validators import CredentialSummary, validate
+
+EXIT_OK = 0
+EXIT_REJECTED = 1
+EXIT_USAGE = 2
+EXIT_PUBLISH_FAILED = 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as error:
+        print(f"credsync: {error.reason}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="credsync",
+        description="Publish credentials uploaded by scp into a container volume, atomically.",
+    )
+    parser.add_argument("--version", action="version", version=f"credsync {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    watch = commands.add_parser("watch", help="run the daemon: watch the source and publish uploads")
+    add_setting_flags(watch)
+    watch.set_defaults(handler=run_watch)
+
+    sync = commands.add_parser("sync", help="one pass over all routes, then exit (0 ok, 1 rejected, 3 failed)")
+    add_setting_flags(sync)
+    sync.add_argument("--dry-run", action="store_true", help="decide and log, but write nothing")
+    sync.set_defaults(handler=run_sync)
+
+    check = commands.add_parser("validate", help="check files as credsync would (0 valid, 1 invalid)")
+    check.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    check.add_argument("--kind", choices=KINDS, help="kind of every FILE (default: from its name)")
+    check.add_argument("--max-bytes", dest="max_bytes", default=argparse.SUPPRESS, help="largest file accepted")
+    check.set_defaults(handler=run_validate)
+    return parser
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One `--flag` per setting; flags win over CREDSYNC_* variables."""
+    group = parser.add_argument_group("settings (each also CREDSYNC_<NAME> in the environment)")
+    defaults = Settings.model_construct().model_dump(mode="json")
+    for name, field in Settings.model_fields.items():
+        default = "unset" if defaults[name] is None else defaults[name]
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=argparse.SUPPRESS,
+            metavar=name.upper(),
+            help=f"{field.description} (default: {default})",
+        )
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)}
+    settings = load_settings(overrides)
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+def prepare(settings: Settings, *, dry_run: bool) -> Pipeline:
+    """Routes, state folder, ledger; and temp files a crash left in destination folders."""
+    routes = load_routes(settings)
+    if not dry_run:
+        ensure_private_folder(settings.state_dir)
+        for path in remove_stale_temps(routes.destination_dirs()):
+            logger.bind(path=str(path)).info("removed a temp file left by an interrupted publish")
+    return Pipeline(settings, routes, Ledger(settings.state_dir), dry_run=dry_run)
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    from credsync.daemon import Daemon
+
+    settings = settings_from(args)
+    try:
+        pipeline = prepare(settings, dry_run=False)
+    except CredsyncError as error:
+        logger.error(error.reason)
+        return EXIT_USAGE
+    return Daemon(pipeline).run()
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    try:
+        pipeline = prepare(settings, dry_run=args.dry_run)
+    except CredsyncError as error:
+        logger.error(error.reason)
+        return EXIT_USAGE
+    outcomes = {pipeline.process(route.upload).outcome for route in pipeline.routes}
+    if Outcome.FAILED in outcomes:
+        return EXIT_PUBLISH_FAILED
+    return EXIT_REJECTED if Outcome.REJECTED in outcomes else EXIT_OK
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    overrides = {"max_bytes": args.max_bytes} if hasattr(args, "max_bytes") else {}
+    max_bytes = load_settings(overrides).max_bytes
+    worst = EXIT_OK
+    for path in args.files:
+        kind: Kind | None = args.kind or kind_for_filename(path.name)
+        label = printable(str(path))
+        if kind is None:
+            print(f"{label}: cannot tell the kind from the name; pass --kind ({', '.join(KINDS)})")
+            worst = EXIT_USAGE
+            continue
+        try:
+            summary = validate_file(path, kind, max_bytes)
+        except (Rejection, UploadMissing) as error:
+            print(f"{label}: invalid {kind}: {error.reason}")
+            worst = max(worst, EXIT_REJECTED)
+            continue
+        notes = "".join(f"; warning: {warning}" for warning in summary.warnings)
+        print(f"{label}: valid {kind}{notes}")
+    return worst
+
+
+def validate_file(path: Path, kind: Kind, max_bytes: int) -> CredentialSummary:
+    """The same safe intake the daemon uses, so `validate` says what `watch` would."""
+    try:
+        upload = read_upload(path.parent, path.name, max_bytes=max_bytes, settle_ns=0)
+    except UploadUnsettled:
+        raise Rejection("file changed while being read") from None
+    return validate(kind, upload.data, max_bytes=max_bytes, now_ms=now_ms())

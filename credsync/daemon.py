@@ -1,0 +1,143 @@
+"""`credsync watch`: the main loop. Signal handlers and the watcher thread only set flags and
+wake the loop through a self-pipe; all publishing happens here, one upload at a time."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import time
+from types import FrameType
+
+from loguru import logger
+
+from credsync.errors import printable
+from credsync.pipeline import Outcome, Pipeline
+from credsync.schedule import Schedule
+from credsync.watcher import Callbacks, Watcher
+
+WATCH_RETRY_S = 5.0
+UNSETTLED_RECHECK_S = 0.05  # with settle 0, an upload still being written is not re-read in a busy loop
+
+
+class Wakeup:
+    """A self-pipe: writing a byte wakes `wait`; signals write to it via set_wakeup_fd."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def poke(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # already full: the loop wakes anyway
+            os.write(self.write_fd, b"\0")
+
+    def wait(self, timeout: float) -> None:
+        readable, _, _ = select.select([self.read_fd], [], [], max(0.0, timeout))
+        if readable:
+            try:
+                while os.read(self.read_fd, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def close(self) -> None:
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+class Daemon:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.settings = pipeline.settings
+        self.schedule = Schedule(self.settings.settle_ms / 1000)
+        self.wakeup = Wakeup()
+        self.watcher = Watcher(self.settings.source, Callbacks(self._ready, self._busy, self._lost))
+        self._stop_requested = False
+        self._rescan_reason: str | None = None
+
+    # Called from the watcher thread or a signal handler: set state, wake the loop, no more.
+    def _ready(self, name: str) -> None:
+        self.schedule.arm(name)
+        self.wakeup.poke()
+
+    def _busy(self, name: str) -> None:
+        self.schedule.extend(name)
+
+    def _lost(self, reason: str) -> None:
+        self._rescan_reason = reason
+        self.wakeup.poke()
+
+    def _on_stop_signal(self, _signum: int, _frame: FrameType | None) -> None:
+        self._stop_requested = True
+
+    def _on_hangup(self, signum: int, _frame: FrameType | None) -> None:
+        self._rescan_reason = signal.Signals(signum).name
+
+    def run(self) -> int:
+        signal.set_wakeup_fd(self.wakeup.write_fd, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hangup)
+        logger.bind(source=str(self.settings.source), routes=len(self.pipeline.routes)).info("watching")
+        try:
+            self._loop()
+        finally:
+            self.watcher.stop()
+            signal.set_wakeup_fd(-1)
+            self.wakeup.close()
+        logger.info("stopped")
+        return 0
+
+    def _loop(self) -> None:
+        self._ensure_watching()
+        self.reconcile("start-up")
+        next_reconcile = time.monotonic() + self._rescan_interval()
+        while not self._stop_requested:
+            until_due = self.schedule.seconds_until_next()
+            timeout = next_reconcile - time.monotonic()
+            self.wakeup.wait(timeout if until_due is None else min(timeout, until_due))
+            if self._stop_requested:
+                break
+            reason = self._rescan_reason
+            if reason is None and time.monotonic() >= next_reconcile:
+                reason = "periodic"
+            if reason is not None:
+                self._rescan_reason = None
+                if self._ensure_watching():
+                    self.reconcile(reason)
+                next_reconcile = time.monotonic() + self._rescan_interval()
+            for name in self.schedule.take_due():
+                self.handle(name)
+
+    def _rescan_interval(self) -> float:
+        return self.settings.reconcile_s if self.watcher.healthy() else WATCH_RETRY_S
+
+    def _ensure_watching(self) -> bool:
+        """(Re)start the watcher when it died or the source folder was replaced."""
+        if self.watcher.healthy():
+            return True
+        self.watcher.stop()
+        try:
+            self.watcher.start()
+        except OSError as error:
+            logger.bind(source=str(self.settings.source)).error(
+                f"cannot watch the source folder: {error.strerror}; retrying every {WATCH_RETRY_S:g}s"
+            )
+            return False
+        return True
+
+    def reconcile(self, reason: str) -> None:
+        logger.bind(reason=printable(reason)).debug("reconcile")
+        for route in self.pipeline.routes:
+            self.handle(route.upload)
+
+    def handle(self, name: str) -> None:
+        if self._stop_requested:
+            return
+        result = self.pipeline.process(name)
+        if result.outcome is Outcome.UNSETTLED:
+            self.schedule.arm(name, UNSETTLED_RECHECK_S)
+        elif result.outcome is Outcome.FAILED:
+            self.schedule.retry(name)
+        else:
+            self.schedule.succeeded(name)

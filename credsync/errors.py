@@ -1,0 +1,47 @@
+"""Typed errors. They carry one-line reasons that never contain secret values;
+the CLI and the daemon turn them into log lines and exit codes at the edge."""
+
+from __future__ import annotations
+
+
+class CredsyncError(Exception):
+    """Base of every error credsync raises on purpose."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = one_line(reason)
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class ConfigError(CredsyncError):
+    """A setting or the routes file is wrong; the fix is in the configuration."""
+
+
+class Rejection(CredsyncError):
+    """An upload is not acceptable and will not be published."""
+
+
+class UploadMissing(CredsyncError):
+    """The upload is not there (deleted, or not yet created)."""
+
+
+class UploadUnsettled(CredsyncError):
+    """The upload is still being written; try again after it settles."""
+
+
+class PublishError(CredsyncError):
+    """Writing the destination failed; the previous destination is untouched."""
+
+
+def one_line(text: str) -> str:
+    """Collapse a message to one printable line, so a reason can never forge log lines."""
+    return printable(" ".join(text.split()))
+
+
+def printable(text: str) -> str:
+    """Escape control characters and terminal escapes (from e.g. hostile file names)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)

@@ -1,0 +1,53 @@
+"""The ledger: what was published from which upload. Hashes, sizes and times only, never a
+secret. Kept in the state folder so a restart neither re-publishes nor reverts a consumer's
+change."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from loguru import logger
+from pydantic import BaseModel, ValidationError
+
+from credsync.publisher import keep_private_copy
+
+LEDGER_NAME = "ledger.json"
+
+
+@dataclass(frozen=True)
+class Entry:
+    sha256: str
+    size: int
+    destination: str
+    published_at_ms: int
+
+
+class LedgerFile(BaseModel):
+    version: int = 1
+    routes: dict[str, Entry] = {}
+
+
+class Ledger:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LEDGER_NAME
+        self._routes = self._load()
+
+    def _load(self) -> dict[str, Entry]:
+        try:
+            return LedgerFile.model_validate_json(self.path.read_bytes()).routes
+        except FileNotFoundError:
+            return {}
+        except (ValidationError, ValueError):
+            # Losing the ledger only costs the consumer-change protection until the next publish.
+            logger.warning(f"ledger {self.path} is unreadable; starting a new one")
+            return {}
+
+    def last(self, upload: str) -> Entry | None:
+        return self._routes.get(upload)
+
+    def record(self, upload: str, entry: Entry) -> None:
+        self._routes[upload] = entry
+        document = {"version": 1, "routes": {name: asdict(item) for name, item in sorted(self._routes.items())}}
+        keep_private_copy(self.path, json.dumps(document, indent=1).encode() + b"\n")

@@ -1,0 +1,158 @@
+"""One upload through intake → route → validate → decide → publish → ledger, logged as one
+line per decision."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+from loguru import logger
+
+from credsync.decide import Action, decide
+from credsync.errors import PublishError, Rejection, UploadMissing, UploadUnsettled, printable
+from credsync.intake import Upload, read_upload
+from credsync.ledger import Entry, Ledger
+from credsync.publisher import keep_private_copy, read_current, write_atomically
+from credsync.routes import Route, RouteTable, is_rsync_temp
+from credsync.settings import Settings
+from credsync.validators import CredentialSummary, is_sound, validate
+
+HASH_PREFIX = 12
+IGNORED_MEMORY = 1024
+
+
+class Outcome(Enum):
+    PUBLISHED = "published"
+    REPAIRED = "repaired"
+    UNCHANGED = "unchanged"
+    KEPT_CONSUMER = "kept-consumer-change"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    MISSING = "missing"
+    UNSETTLED = "unsettled"
+    IGNORED = "ignored"
+
+
+OUTCOME_OF_ACTION = {
+    Action.PUBLISH: Outcome.PUBLISHED,
+    Action.REPAIR: Outcome.REPAIRED,
+    Action.UNCHANGED: Outcome.UNCHANGED,
+    Action.KEEP_CONSUMER: Outcome.KEPT_CONSUMER,
+}
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    outcome: Outcome
+    reason: str = ""
+
+
+def short_hash(sha256_hex: str) -> str:
+    return sha256_hex[:HASH_PREFIX]
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, routes: RouteTable, ledger: Ledger, *, dry_run: bool = False) -> None:
+        self.settings = settings
+        self.routes = routes
+        self.ledger = ledger
+        self.dry_run = dry_run
+        self._last_logged: dict[str, tuple[Outcome, str]] = {}
+        self._ignored: set[str] = set()
+
+    def process(self, name: str) -> Result:
+        route = self.routes.match(name)
+        if route is None:
+            self._note_ignored(name)
+            return Result(name, Outcome.IGNORED)
+        try:
+            upload = read_upload(
+                self.settings.source,
+                name,
+                max_bytes=self.settings.max_bytes,
+                settle_ns=self.settings.settle_ms * 1_000_000,
+            )
+        except UploadMissing as missing:
+            return self._report(route, Outcome.MISSING, "", missing.reason, level="DEBUG")
+        except UploadUnsettled as unsettled:
+            return self._report(route, Outcome.UNSETTLED, "", unsettled.reason, level="DEBUG")
+        except Rejection as rejection:
+            return self._report(route, Outcome.REJECTED, "", rejection.reason, level="WARNING")
+        return self._process_upload(route, upload)
+
+    def _process_upload(self, route: Route, upload: Upload) -> Result:
+        try:
+            summary = validate(route.kind, upload.data, max_bytes=self.settings.max_bytes, now_ms=now_ms())
+        except Rejection as rejection:
+            return self._report(route, Outcome.REJECTED, upload.sha256, rejection.reason, level="WARNING")
+        try:
+            current = read_current(route.destination, self.settings.max_bytes)
+            action = self._decide(route, upload, current)
+            if action in (Action.PUBLISH, Action.REPAIR) and not self.dry_run:
+                self._publish(route, upload, current)
+        except PublishError as error:
+            return self._report(route, Outcome.FAILED, upload.sha256, error.reason, level="ERROR")
+        outcome = OUTCOME_OF_ACTION[action]
+        if outcome is Outcome.KEPT_CONSUMER:
+            reason = "the consumer rewrote the destination since this upload was published; upload anew to replace it"
+            return self._report(route, outcome, upload.sha256, reason, level="WARNING")
+        self._log_warnings(route, upload, summary)
+        return self._report(route, outcome, upload.sha256, "", level="INFO", size=len(upload.data))
+
+    def _decide(self, route: Route, upload: Upload, current: bytes | None) -> Action:
+        last = self.ledger.last(route.upload)
+        return decide(
+            upload.sha256,
+            None if last is None else last.sha256,
+            None if current is None else hashlib.sha256(current).hexdigest(),
+            current is not None and is_sound(route.kind, current, max_bytes=self.settings.max_bytes),
+        )
+
+    def _publish(self, route: Route, upload: Upload, current: bytes | None) -> None:
+        if current is not None:
+            keep_private_copy(self.settings.state_dir / "previous" / route.slug, current)
+        write_atomically(route.destination, upload.data, uid=route.uid, gid=route.gid, mode=route.mode)
+        entry = Entry(upload.sha256, len(upload.data), str(route.destination), now_ms())
+        self.ledger.record(route.upload, entry)
+
+    def _log_warnings(self, route: Route, upload: Upload, summary: CredentialSummary) -> None:
+        if self._last_logged.get(route.upload, (None, ""))[1] == upload.sha256:
+            return
+        for warning in summary.warnings:
+            logger.bind(route=route.upload, sha=short_hash(upload.sha256)).warning(warning)
+
+    def _report(
+        self, route: Route, outcome: Outcome, sha256: str, reason: str, *, level: str, size: int | None = None
+    ) -> Result:
+        """One line per decision; a decision repeated for the same bytes drops to DEBUG."""
+        key = (outcome, sha256 + reason)
+        repeated = self._last_logged.get(route.upload) == key
+        self._last_logged[route.upload] = key
+        fields: dict[str, object] = {"route": route.upload}
+        if sha256:
+            fields["sha"] = short_hash(sha256)
+        if size is not None:
+            fields["bytes"] = size
+        if outcome in (Outcome.PUBLISHED, Outcome.REPAIRED):
+            fields["dest"] = str(route.destination)
+        if reason:
+            fields["reason"] = reason
+        if self.dry_run:
+            fields["dry_run"] = True
+        logger.bind(**fields).log("DEBUG" if repeated else level, outcome.value)
+        return Result(route.upload, outcome, reason)
+
+    def _note_ignored(self, name: str) -> None:
+        if is_rsync_temp(name) or name in self._ignored:
+            return
+        if len(self._ignored) >= IGNORED_MEMORY:
+            self._ignored.clear()
+        self._ignored.add(name)
+        logger.bind(upload=printable(name)).debug("ignored: no route for this name")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,154 @@
+"""Routes: which upload goes where, as what kind, with which owner and mode. Pure logic plus
+the TOML loader."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from credsync.errors import ConfigError
+from credsync.settings import Mode, Owner, Settings, absolute_path, describe_validation_error, is_within
+
+Kind = Literal["claude-oauth", "json", "aws-credentials", "aws-config"]
+KINDS: tuple[Kind, ...] = ("claude-oauth", "json", "aws-credentials", "aws-config")
+
+# rsync writes `.<name>.XXXXXX` next to the target, then renames it into place.
+RSYNC_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9]{6}$")
+
+
+@dataclass(frozen=True)
+class Route:
+    upload: str  # path relative to the source folder, POSIX separators
+    destination: Path
+    kind: Kind
+    uid: int
+    gid: int
+    mode: int
+
+    @property
+    def slug(self) -> str:
+        """A flat file name for this route, for state kept per route."""
+        return self.upload.replace("/", "__")
+
+
+class RouteTable:
+    def __init__(self, routes: list[Route]) -> None:
+        self._by_upload = {route.upload: route for route in routes}
+
+    def __iter__(self) -> Iterator[Route]:
+        return iter(self._by_upload.values())
+
+    def __len__(self) -> int:
+        return len(self._by_upload)
+
+    def match(self, upload: str) -> Route | None:
+        return self._by_upload.get(upload)
+
+    def destination_dirs(self) -> set[Path]:
+        return {route.destination.parent for route in self}
+
+
+def is_rsync_temp(upload: str) -> bool:
+    return RSYNC_TEMP_NAME.match(PurePosixPath(upload).name) is not None
+
+
+def normalise_upload_path(text: str) -> str:
+    """A route's upload path must stay inside the source: relative, no `..`, no empty parts."""
+    path = PurePosixPath(text)
+    if path.is_absolute() or not path.parts or any(part in {"..", "."} for part in path.parts):
+        raise ConfigError(f"route upload path {text!r} must be relative to the source and stay inside it")
+    return str(path)
+
+
+# Upload path, destination family ("claude" or "aws"), kind. The destination file keeps the upload's name.
+DEFAULT_ROUTES: tuple[tuple[str, str, Kind], ...] = (
+    (".credentials.json", "claude", "claude-oauth"),
+    (".claude.json", "claude", "json"),
+    ("settings.json", "claude", "json"),
+    ("aws/credentials", "aws", "aws-credentials"),
+    ("aws/config", "aws", "aws-config"),
+)
+
+
+def default_routes(settings: Settings) -> list[Route]:
+    """Claude routes always; AWS routes only when CREDSYNC_AWS_DIR is set."""
+    routes = []
+    for upload, family, kind in DEFAULT_ROUTES:
+        folder = settings.claude_dir if family == "claude" else settings.aws_dir
+        if folder is None:
+            continue
+        uid, gid = settings.owner if family == "claude" else settings.aws_owner
+        routes.append(Route(upload, folder / PurePosixPath(upload).name, kind, uid, gid, settings.mode))
+    return routes
+
+
+class RouteSpec(BaseModel):
+    """One `[[route]]` of the routes file. `destination` may use {claude_dir} and {aws_dir}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upload: str
+    destination: str
+    kind: Kind
+    owner: Owner | None = None
+    mode: Mode | None = None
+
+
+class RoutesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    route: list[RouteSpec] = []
+
+
+def load_routes(settings: Settings) -> RouteTable:
+    """Default routes, with those of the routes file added or replacing by upload path."""
+    routes = {route.upload: route for route in default_routes(settings)}
+    if settings.routes is not None:
+        for route in parse_routes_file(settings.routes, settings):
+            routes[route.upload] = route
+    return RouteTable(list(routes.values()))
+
+
+def parse_routes_file(path: Path, settings: Settings) -> list[Route]:
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+        specs = RoutesFile.model_validate(document).route
+    except OSError as error:
+        raise ConfigError(f"routes file {path}: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"routes file {path} is not valid TOML: {error}") from None
+    except ValidationError as error:
+        raise ConfigError(f"routes file {path}: {describe_validation_error(error)}") from None
+    return [route_from_spec(spec, settings) for spec in specs]
+
+
+def route_from_spec(spec: RouteSpec, settings: Settings) -> Route:
+    if "{aws_dir}" in spec.destination and settings.aws_dir is None:
+        raise ConfigError(f"route {spec.upload!r} uses {{aws_dir}} but CREDSYNC_AWS_DIR is not set")
+    try:
+        destination = absolute_path(spec.destination.format(claude_dir=settings.claude_dir, aws_dir=settings.aws_dir))
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError(f"route {spec.upload!r}: destination may only use {{claude_dir}} and {{aws_dir}}") from None
+    for folder in (settings.source, settings.state_dir):
+        if is_within(destination, folder):
+            raise ConfigError(f"route {spec.upload!r}: destination {destination} is inside {folder}")
+    uid, gid = spec.owner or settings.owner
+    return Route(
+        normalise_upload_path(spec.upload),
+        destination,
+        spec.kind,
+        uid,
+        gid,
+        settings.mode if spec.mode is None else spec.mode,
+    )
+
+
+def kind_for_filename(filename: str) -> Kind | None:
+    """The kind a default route gives a file of this name (for `credsync validate`)."""
+    return next((kind for upload, _, kind in DEFAULT_ROUTES if PurePosixPath(upload).name == filename), None)

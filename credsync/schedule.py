@@ -1,0 +1,57 @@
+"""When each upload is due to be read. The watcher thread arms and extends; the main loop
+takes what is due. Pure logic apart from the clock, which tests replace."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+RETRY_CAP_S = 60.0
+
+
+class Schedule:
+    def __init__(self, settle_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settle_s = settle_s
+        self._clock = clock
+        self._due: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def arm(self, name: str, at_least_s: float = 0.0) -> None:
+        """An upload looks complete: read it once it has been quiet for the settle time."""
+        with self._lock:
+            self._due[name] = self._clock() + max(self.settle_s, at_least_s)
+
+    def extend(self, name: str) -> None:
+        """More writes to an armed upload: it is not quiet yet."""
+        with self._lock:
+            if name in self._due:
+                self._due[name] = self._clock() + self.settle_s
+
+    def retry(self, name: str) -> float:
+        """A publish failed (disk full, read-only...): try again with capped exponential backoff."""
+        with self._lock:
+            failures = self._failures.get(name, 0) + 1
+            self._failures[name] = failures
+            delay = min(RETRY_CAP_S, 0.5 * 2.0**failures)
+            self._due[name] = self._clock() + delay
+            return delay
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._failures.pop(name, None)
+
+    def take_due(self) -> list[str]:
+        with self._lock:
+            now = self._clock()
+            due = sorted((when, name) for name, when in self._due.items() if when <= now)
+            for _, name in due:
+                del self._due[name]
+            return [name for _, name in due]
+
+    def seconds_until_next(self) -> float | None:
+        with self._lock:
+            if not self._due:
+                return None
+            return max(0.0, min(self._due.values()) - self._clock())

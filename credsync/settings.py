@@ -1,0 +1,117 @@
+"""All configuration: one pydantic-settings model, built once by the CLI and passed down."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, PlainSerializer, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from credsync.errors import ConfigError
+
+
+def parse_owner(value: object) -> tuple[int, int]:
+    """`UID:GID` or `UID` (then GID = UID); numeric only, names mean nothing inside a container."""
+    if isinstance(value, tuple):
+        return value
+    text = str(value).strip()
+    uid_text, _, gid_text = text.partition(":")
+    gid_text = gid_text or uid_text
+    if not (uid_text.isdigit() and gid_text.isdigit()):
+        raise ValueError(f"must be numeric UID:GID such as 1001:1001, got {text!r}")
+    return int(uid_text), int(gid_text)
+
+
+def parse_mode(value: object) -> int:
+    """An octal permission string such as `0600`; no setuid, setgid or sticky bits."""
+    if isinstance(value, int):
+        mode = value
+    else:
+        text = str(value).strip()
+        try:
+            mode = int(text, 8)
+        except ValueError:
+            raise ValueError(f"must be an octal mode such as 0600, got {text!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"must be a permission mode between 0000 and 0777, got {mode:o}")
+    return mode
+
+
+def absolute_path(value: object) -> Path:
+    """Relative paths are taken from the working directory; `..` is resolved lexically."""
+    if not isinstance(value, str | os.PathLike):
+        raise ValueError(f"must be a path, got {value!r}")
+    return Path(os.path.abspath(value))
+
+
+Owner = Annotated[
+    tuple[int, int],
+    BeforeValidator(parse_owner),
+    PlainSerializer(lambda owner: f"{owner[0]}:{owner[1]}", return_type=str),
+]
+Mode = Annotated[int, BeforeValidator(parse_mode), PlainSerializer(lambda mode: f"{mode:04o}", return_type=str)]
+AbsolutePath = Annotated[Path, BeforeValidator(absolute_path)]
+
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
+
+
+class Settings(BaseSettings):
+    """Every field is `CREDSYNC_<NAME>` in the environment and `--<name>` on `watch` and `sync`."""
+
+    model_config = SettingsConfigDict(env_prefix="CREDSYNC_", extra="forbid", frozen=True)
+
+    source: AbsolutePath = Field(Path("/uploads"), description="upload folder (read-only to credsync)")
+    claude_dir: AbsolutePath = Field(Path("/claude-config"), description="destination of the Claude files")
+    owner: Owner = Field((1001, 1001), description="UID:GID of the Claude files")
+    mode: Mode = Field(0o600, description="permission mode of published files")
+    aws_dir: AbsolutePath | None = Field(None, description="destination of AWS files; unset disables AWS routes")
+    aws_owner: Owner = Field((0, 0), description="UID:GID of the AWS files")
+    state_dir: AbsolutePath = Field(Path("/var/lib/credsync"), description="ledger and previous generations")
+    settle_ms: int = Field(250, ge=0, le=60_000, description="quiet time before an upload is read")
+    max_bytes: int = Field(1 << 20, ge=1, le=64 << 20, description="largest upload accepted")
+    reconcile_s: int = Field(300, ge=1, le=86_400, description="interval of the safety-net rescan")
+    log_format: LogFormat = Field("text", description="text or json (one object per line)")
+    log_level: LogLevel = Field("INFO", description="minimum level logged")
+    routes: AbsolutePath | None = Field(None, description="TOML file that adds or replaces routes")
+
+    @model_validator(mode="after")
+    def _folders_do_not_overlap(self) -> Settings:
+        targets = {"claude_dir": self.claude_dir, "state_dir": self.state_dir}
+        if self.aws_dir is not None:
+            targets["aws_dir"] = self.aws_dir
+        for name, path in targets.items():
+            if is_within(path, self.source) or is_within(self.source, path):
+                raise ValueError(f"{name} ({path}) and source ({self.source}) must not contain each other")
+        for name in ("claude_dir", "aws_dir"):
+            target = targets.get(name)
+            if target is not None and (is_within(self.state_dir, target) or is_within(target, self.state_dir)):
+                raise ValueError(f"state_dir ({self.state_dir}) must not be inside or contain {name} ({target})")
+        return self
+
+
+def is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def load_settings(overrides: dict[str, object]) -> Settings:
+    """Environment plus CLI overrides; a bad value becomes one ConfigError naming the setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error)) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors(include_input=False, include_url=False):
+        field = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if field:
+            flag = "--" + field.replace("_", "-")
+            problems.append(f"CREDSYNC_{field.upper()} ({flag}): {message}")
+        else:
+            problems.append(message)
+    return "invalid setting: " + "; ".join(problems)

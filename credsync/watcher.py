@@ -1,0 +1,133 @@
+"""The watcher: watchdog's inotify observer on the source folder, turned into two calls —
+`ready(name)` when an upload may be complete and `busy(name)` while it is still being
+written — plus `lost()` when events may have been missed and a rescan is due."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+WATCHED_EVENTS: list[type[FileSystemEvent]] = [
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileModifiedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+]
+
+
+@dataclass(frozen=True)
+class Callbacks:
+    ready: Callable[[str], None]
+    busy: Callable[[str], None]
+    lost: Callable[[str], None]
+
+
+class UploadEventHandler(FileSystemEventHandler):
+    def __init__(self, source: Path, callbacks: Callbacks) -> None:
+        self.source = os.fsdecode(source)
+        self.callbacks = callbacks
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        path = os.fsdecode(event.dest_path or event.src_path)
+        if isinstance(event, DirDeletedEvent):
+            if path == self.source:
+                self.callbacks.lost("the source folder was deleted")
+            return
+        name = relative_name(self.source, path)
+        if name is None:
+            return
+        if isinstance(event, FileModifiedEvent):
+            self.callbacks.busy(name)
+        elif isinstance(event, FileCreatedEvent) and is_regular_file(path):
+            # A regular file just created is about to be written; its close event says when.
+            self.callbacks.busy(name)
+        else:
+            self.callbacks.ready(name)
+
+
+def relative_name(source: str, path: str) -> str | None:
+    """The upload name (POSIX, relative to the source), or None for the source itself or outside."""
+    relative = os.path.relpath(path, source)
+    if relative == "." or relative.startswith(".." + os.sep) or relative == "..":
+        return None
+    return relative.replace(os.sep, "/")
+
+
+def is_regular_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+class WatchdogTrouble(logging.Handler):
+    """watchdog reports a queue overflow or a broken watch only through `logging`: any warning
+    from it means events may be lost, so rescan."""
+
+    def __init__(self, lost: Callable[[str], None]) -> None:
+        super().__init__(logging.WARNING)
+        self.lost = lost
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lost(f"watchdog: {record.getMessage()}")
+
+
+class Watcher:
+    def __init__(self, source: Path, callbacks: Callbacks) -> None:
+        self.source = source
+        self.callbacks = callbacks
+        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._watched_inode: tuple[int, int] | None = None
+        self._trouble = WatchdogTrouble(callbacks.lost)
+
+    def start(self) -> None:
+        """Raises OSError when the source cannot be watched (missing, unreadable)."""
+        info = os.stat(self.source)
+        observer = Observer(timeout=0.2)
+        observer.schedule(
+            UploadEventHandler(self.source, self.callbacks),
+            os.fspath(self.source),
+            recursive=True,
+            event_filter=WATCHED_EVENTS,
+        )
+        logging.getLogger("watchdog").addHandler(self._trouble)
+        observer.start()
+        self._observer = observer
+        self._watched_inode = (info.st_dev, info.st_ino)
+
+    def healthy(self) -> bool:
+        """Still watching the folder that is at the source path now (not a deleted one)."""
+        if self._observer is None or not self._observer.is_alive():
+            return False
+        try:
+            info = os.stat(self.source)
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino) == self._watched_inode
+
+    def stop(self) -> None:
+        logging.getLogger("watchdog").removeHandler(self._trouble)
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=1.0)
+            self._observer = None
