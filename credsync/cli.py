@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from credsync.errors import ConfigError, CredsyncError, Rejection, UploadMissing
 from credsync.intake import read_upload
 from credsync.ledger import Ledger
 from credsync.logs import configure_logging
-from credsync.pipeline import Outcome, Pipeline, now_ms
+from credsync.pipeline import Outcome, Pipeline, Result, now_ms
 from credsync.publisher import ensure_private_folder, remove_stale_temps
 from credsync.routes import KINDS, Kind, kind_for_filename, load_routes
 from credsync.settings import Settings, load_settings
@@ -25,6 +26,7 @@ EXIT_OK = 0
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
 EXIT_PUBLISH_FAILED = 3
+SYNC_SETTLE_LIMIT_S = 10.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(watch)
     watch.set_defaults(handler=run_watch)
 
-    sync = commands.add_parser("sync", help="one pass over all routes, then exit (0 ok, 1 rejected, 3 failed)")
+    sync = commands.add_parser(
+        "sync", help="one pass over all routes, then exit (0 ok, 1 rejected, 2 bad usage, 3 not published)"
+    )
     add_setting_flags(sync)
     sync.add_argument("--dry-run", action="store_true", help="decide and log, but write nothing")
     sync.set_defaults(handler=run_sync)
@@ -113,10 +117,27 @@ def run_sync(args: argparse.Namespace) -> int:
     except CredsyncError as error:
         logger.error(error.reason)
         return EXIT_USAGE
-    outcomes = {pipeline.process(route.upload).outcome for route in pipeline.routes}
-    if Outcome.FAILED in outcomes:
+    outcomes = [result.outcome for result in sync_once(pipeline)]
+    if Outcome.FAILED in outcomes or Outcome.UNSETTLED in outcomes:
         return EXIT_PUBLISH_FAILED
     return EXIT_REJECTED if Outcome.REJECTED in outcomes else EXIT_OK
+
+
+def sync_once(pipeline: Pipeline) -> list[Result]:
+    """Every route once; an upload still being written is waited for, up to a bound."""
+    results = [pipeline.process(route.upload) for route in pipeline.routes]
+    deadline = time.monotonic() + SYNC_SETTLE_LIMIT_S
+    while time.monotonic() < deadline:
+        unsettled = [result.name for result in results if result.outcome is Outcome.UNSETTLED]
+        if not unsettled:
+            return results
+        time.sleep(max(pipeline.settings.settle_ms / 1000, 0.05))  # the quiet time the upload needs
+        results = [result for result in results if result.outcome is not Outcome.UNSETTLED]
+        results += [pipeline.process(name) for name in unsettled]
+    for result in results:
+        if result.outcome is Outcome.UNSETTLED:
+            logger.bind(route=result.name).warning(f"still being written after {SYNC_SETTLE_LIMIT_S:g}s; not published")
+    return results
 
 
 def run_validate(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from credsync.schedule import Schedule
 from credsync.watcher import Callbacks, Watcher
 
 WATCH_RETRY_S = 5.0
+WRITE_BACKSTOP_S = 1.0  # read an upload that was written to but never closed (hard links, held-open files)
 UNSETTLED_RECHECK_S = 0.05  # with settle 0, an upload still being written is not re-read in a busy loop
 
 
@@ -51,7 +52,7 @@ class Daemon:
         self.settings = pipeline.settings
         self.schedule = Schedule(self.settings.settle_ms / 1000)
         self.wakeup = Wakeup()
-        self.watcher = Watcher(self.settings.source, Callbacks(self._ready, self._busy, self._lost))
+        self.watcher = Watcher(self.settings.source, Callbacks(self._ready, self._writing, self._lost))
         self._stop_requested = False
         self._rescan_reason: str | None = None
 
@@ -60,8 +61,9 @@ class Daemon:
         self.schedule.arm(name)
         self.wakeup.poke()
 
-    def _busy(self, name: str) -> None:
-        self.schedule.extend(name)
+    def _writing(self, name: str) -> None:
+        self.schedule.expect(name, WRITE_BACKSTOP_S)
+        self.wakeup.poke()
 
     def _lost(self, reason: str) -> None:
         self._rescan_reason = reason
@@ -91,6 +93,7 @@ class Daemon:
     def _loop(self) -> None:
         self._ensure_watching()
         self.reconcile("start-up")
+        logger.bind(watching=self.watcher.healthy()).info("ready")
         next_reconcile = time.monotonic() + self._rescan_interval()
         while not self._stop_requested:
             until_due = self.schedule.seconds_until_next()

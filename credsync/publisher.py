@@ -36,7 +36,7 @@ def write_atomically(path: Path, data: bytes, *, uid: int, gid: int, mode: int) 
             write_temp(folder_fd, temp_name, data, uid, gid, mode)
             os.rename(temp_name, path.name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
         except OSError as error:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # absent when even its creation failed
                 os.unlink(temp_name, dir_fd=folder_fd)
             raise PublishError(f"cannot write {path}: {describe_os_error(error)}") from None
         try:

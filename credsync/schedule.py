@@ -23,11 +23,12 @@ class Schedule:
         with self._lock:
             self._due[name] = self._clock() + max(self.settle_s, at_least_s)
 
-    def extend(self, name: str) -> None:
-        """More writes to an armed upload: it is not quiet yet."""
+    def expect(self, name: str, backstop_s: float) -> None:
+        """An upload is being written: its close will arm it; read it anyway once it has been
+        quiet for `backstop_s` (a hard link or a writer that never closes sends no close)."""
         with self._lock:
-            if name in self._due:
-                self._due[name] = self._clock() + self.settle_s
+            quiet_until = self._clock() + max(self.settle_s, backstop_s)
+            self._due[name] = max(self._due.get(name, quiet_until), quiet_until)
 
     def retry(self, name: str) -> float:
         """A publish failed (disk full, read-only...): try again with capped exponential backoff."""

@@ -1,6 +1,6 @@
 """The watcher: watchdog's inotify observer on the source folder, turned into two calls —
-`ready(name)` when an upload may be complete and `busy(name)` while it is still being
-written — plus `lost()` when events may have been missed and a rescan is due."""
+`ready(name)` when an upload may be complete and `writing(name)` while it is still being
+written — plus `lost(reason)` when events may have been missed and a rescan is due."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ WATCHED_EVENTS: list[type[FileSystemEvent]] = [
 @dataclass(frozen=True)
 class Callbacks:
     ready: Callable[[str], None]
-    busy: Callable[[str], None]
+    writing: Callable[[str], None]
     lost: Callable[[str], None]
 
 
@@ -56,11 +56,9 @@ class UploadEventHandler(FileSystemEventHandler):
         name = relative_name(self.source, path)
         if name is None:
             return
-        if isinstance(event, FileModifiedEvent):
-            self.callbacks.busy(name)
-        elif isinstance(event, FileCreatedEvent) and is_regular_file(path):
-            # A regular file just created is about to be written; its close event says when.
-            self.callbacks.busy(name)
+        if isinstance(event, FileModifiedEvent) or (isinstance(event, FileCreatedEvent) and is_regular_file(path)):
+            # Being written: the close-after-write that follows says when it is complete.
+            self.callbacks.writing(name)
         else:
             self.callbacks.ready(name)
 

@@ -1,0 +1,177 @@
+"""Shared test helpers: fake credentials carrying a canary, a credsync process with its log
+read line by line, and bounded waits."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Built at run time so no committed file holds a token-shaped string; obviously fake.
+CANARY = "CANARY" + secrets.token_hex(12)
+ACCESS_TOKEN = "sk-ant-oat01-fake-" + CANARY
+REFRESH_TOKEN = "sk-ant-ort01-fake-" + CANARY
+AWS_SECRET = "fakeSecret" + CANARY
+HOUR_MS = 3_600_000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def claude_credentials(*, expires_in_ms: int = 8 * HOUR_MS, serial: int = 0, **extra_oauth: Any) -> bytes:
+    """A `.credentials.json` as Claude writes it; `serial` makes distinct versions."""
+    oauth: dict[str, Any] = {
+        "accessToken": f"{ACCESS_TOKEN}-{serial}",
+        "refreshToken": f"{REFRESH_TOKEN}-{serial}",
+        "expiresAt": now_ms() + expires_in_ms,
+        "scopes": ["user:inference", "user:profile"],
+        "subscriptionType": "max",
+        "rateLimitTier": "default_claude_max_20x",
+    }
+    oauth.update(extra_oauth)
+    return json.dumps({"claudeAiOauth": oauth}, indent=2).encode()
+
+
+def aws_credentials() -> bytes:
+    return f"[default]\naws_access_key_id = AKIAFAKE\naws_secret_access_key = {AWS_SECRET}\n".encode()
+
+
+def assert_no_canary(text: str, where: str) -> None:
+    # The message names where, never the text: a failure must not print the secret either.
+    assert CANARY not in text, f"a secret leaked into {where}"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> None:
+    """Poll a condition with a deadline (for file system state, which has no event to await)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+@dataclass
+class Folders:
+    source: Path
+    claude_dir: Path
+    state_dir: Path
+    aws_dir: Path
+
+    def args(self) -> list[str]:
+        return [
+            f"--source={self.source}",
+            f"--claude-dir={self.claude_dir}",
+            f"--state-dir={self.state_dir}",
+            f"--aws-dir={self.aws_dir}",
+        ]
+
+    def upload(self, name: str, data: bytes) -> Path:
+        """Write an upload the way `cp` does: in place, then close."""
+        path = self.source / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+
+def make_folders(root: Path) -> Folders:
+    folders = Folders(root / "uploads", root / "claude-config", root / "state", root / "aws")
+    for path in (folders.source, folders.claude_dir, folders.aws_dir):
+        path.mkdir()
+    os.chown(folders.claude_dir, 1001, 1001)
+    return folders
+
+
+def credsync_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "credsync", *args]
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(credsync_command(*args), capture_output=True, text=True, timeout=timeout, check=False)
+    assert_no_canary(result.stdout + result.stderr, f"the output of credsync {args[0]}")
+    return result
+
+
+@dataclass
+class LogLine:
+    raw: str
+    fields: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.fields.get(key)
+
+
+@dataclass
+class WatchProcess:
+    """`credsync watch --log-format json` in a subprocess; every log line is parsed and kept."""
+
+    folders: Folders
+    extra_args: list[str] = field(default_factory=list)
+    lines: list[LogLine] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._changed = threading.Condition()
+        self.process = subprocess.Popen(
+            credsync_command("watch", *self.folders.args(), "--log-format=json", "--log-level=DEBUG", *self.extra_args),
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            try:
+                fields = json.loads(raw)
+            except ValueError:
+                fields = {"message": "<not json>"}
+            with self._changed:
+                self.lines.append(LogLine(raw, fields))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def matching(self, message: str, **fields: Any) -> list[LogLine]:
+        with self._changed:
+            return [
+                line
+                for line in self.lines
+                if line["message"] == message and all(line[key] == value for key, value in fields.items())
+            ]
+
+    def wait_for(self, message: str, count: int = 1, timeout: float = 15.0, **fields: Any) -> LogLine:
+        """Block until the count-th matching log line arrives (an event, not a sleep)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = self.matching(message, **fields)
+                if len(found) >= count:
+                    return found[count - 1]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                    summary = [(line["message"], line["route"], line["reason"]) for line in self.lines[-15:]]
+                    raise AssertionError(f"no {count}x {message!r} {fields} within {timeout}s; last lines: {summary}")
+                self._changed.wait(remaining)
+
+    def ready(self) -> WatchProcess:
+        self.wait_for("ready")
+        return self
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        code = self.process.wait(timeout)
+        self._reader.join(timeout)
+        assert_no_canary("".join(line.raw for line in self.lines), "the daemon's log")
+        return code

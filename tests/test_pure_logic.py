@@ -1,0 +1,180 @@
+"""Pure logic, no I/O beyond a routes file: settings parsing, routes, decisions, scheduling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from credsync.decide import Action, decide
+from credsync.errors import ConfigError
+from credsync.routes import is_rsync_temp, kind_for_filename, load_routes
+from credsync.schedule import RETRY_CAP_S, Schedule
+from credsync.settings import Settings, load_settings
+
+
+def settings(**overrides: object) -> Settings:
+    base: dict[str, object] = {"source": "/srv/up", "claude_dir": "/srv/claude", "state_dir": "/srv/state"}
+    return load_settings({**base, **overrides})
+
+
+def test_owner_and_mode_strings_are_parsed() -> None:
+    parsed = settings(owner="1000", mode="0640", aws_owner="0:5")
+    assert parsed.owner == (1000, 1000) and parsed.aws_owner == (0, 5) and parsed.mode == 0o640
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"owner": "claudeuser"}, "CREDSYNC_OWNER (--owner): must be numeric UID:GID"),
+        ({"mode": "0999"}, "CREDSYNC_MODE (--mode): must be an octal mode"),
+        ({"mode": "4755"}, "between 0000 and 0777"),
+        ({"settle_ms": "-1"}, "CREDSYNC_SETTLE_MS"),
+        ({"log_format": "xml"}, "CREDSYNC_LOG_FORMAT"),
+        ({"state_dir": "/srv/claude/state"}, "state_dir"),
+        ({"claude_dir": "/srv/up/claude"}, "must not contain each other"),
+    ],
+)
+def test_bad_settings_name_the_variable_and_the_flag(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings(**overrides)
+    assert message in caught.value.reason and "\n" not in caught.value.reason
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CREDSYNC_SETTLE_MS", "0")
+    monkeypatch.setenv("CREDSYNC_AWS_DIR", "/srv/aws")
+    parsed = settings()
+    assert parsed.settle_ms == 0 and parsed.aws_dir == Path("/srv/aws")
+    assert settings(settle_ms="7").settle_ms == 7  # a flag wins over the environment
+
+
+def test_default_routes_and_aws_only_when_configured() -> None:
+    assert [route.upload for route in load_routes(settings())] == [".credentials.json", ".claude.json", "settings.json"]
+    table = load_routes(settings(aws_dir="/srv/aws", aws_owner="0:0"))
+    aws = table.match("aws/credentials")
+    assert (
+        aws is not None
+        and aws.destination == Path("/srv/aws/credentials")
+        and (aws.uid, aws.kind)
+        == (
+            0,
+            "aws-credentials",
+        )
+    )
+    oauth = table.match(".credentials.json")
+    assert oauth is not None and (oauth.uid, oauth.gid, oauth.mode) == (1001, 1001, 0o600)
+    assert table.match("junk.json") is None
+
+
+def test_routes_file_adds_and_replaces(tmp_path: Path) -> None:
+    routes_file = tmp_path / "routes.toml"
+    routes_file.write_text(
+        '[[route]]\nupload = "settings.json"\ndestination = "{claude_dir}/settings.local.json"\nkind = "json"\n'
+        'mode = "0640"\n\n[[route]]\nupload = "gemini/creds.json"\ndestination = "/srv/gemini/creds.json"\n'
+        'kind = "json"\nowner = "2000:2000"\n'
+    )
+    table = load_routes(settings(routes=routes_file))
+    replaced = table.match("settings.json")
+    added = table.match("gemini/creds.json")
+    assert replaced is not None and replaced.destination == Path("/srv/claude/settings.local.json")
+    assert replaced.mode == 0o640
+    assert added is not None and (added.uid, added.gid) == (2000, 2000) and len(table) == 4
+
+
+@pytest.mark.parametrize(
+    ("route", "message"),
+    [
+        ('upload = "../x"\ndestination = "/srv/x"\nkind = "json"', "stay inside"),
+        ('upload = "x"\ndestination = "/srv/up/x"\nkind = "json"', "inside /srv/up"),
+        ('upload = "x"\ndestination = "{aws_dir}/x"\nkind = "json"', "CREDSYNC_AWS_DIR is not set"),
+        ('upload = "x"\ndestination = "/srv/x"\nkind = "yaml"', "kind"),
+        ('upload = "x"\ndestination = "{home}/x"\nkind = "json"', "may only use"),
+    ],
+)
+def test_bad_routes_files_are_config_errors(tmp_path: Path, route: str, message: str) -> None:
+    routes_file = tmp_path / "routes.toml"
+    routes_file.write_text(f"[[route]]\n{route}\n")
+    with pytest.raises(ConfigError, match=r"routes?") as caught:
+        load_routes(settings(routes=routes_file))
+    assert message in caught.value.reason
+
+
+def test_rsync_temp_names_are_recognised() -> None:
+    assert is_rsync_temp("..credentials.json.AbC123")
+    assert is_rsync_temp("aws/.credentials.x8Yz0Q")
+    assert not is_rsync_temp(".credentials.json")
+    assert not is_rsync_temp("settings.json")
+
+
+def test_kind_for_filename() -> None:
+    assert kind_for_filename(".credentials.json") == "claude-oauth"
+    assert kind_for_filename("credentials") == "aws-credentials"
+    assert kind_for_filename("notes.txt") is None
+
+
+@pytest.mark.parametrize(
+    ("upload", "last", "destination", "sound", "expected"),
+    [
+        ("new", None, None, False, Action.PUBLISH),
+        ("new", "old", "old", True, Action.PUBLISH),
+        ("new", "old", "consumer", True, Action.PUBLISH),  # a newer upload is the operator's intent
+        ("same", "same", "same", True, Action.UNCHANGED),
+        ("same", None, "same", True, Action.UNCHANGED),
+        ("same", "same", None, False, Action.REPAIR),
+        ("same", "same", "broken", False, Action.REPAIR),
+        ("same", "same", "consumer", True, Action.KEEP_CONSUMER),
+    ],
+)
+def test_decisions(upload: str, last: str | None, destination: str | None, sound: bool, expected: Action) -> None:
+    assert decide(upload, last, destination, sound) is expected
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_schedule_reads_an_upload_once_it_is_closed_and_quiet() -> None:
+    clock = FakeClock()
+    schedule = Schedule(0.25, clock)
+    schedule.expect("a", backstop_s=1.0)  # being written
+    clock.now += 0.5
+    schedule.expect("a", backstop_s=1.0)  # still being written: the backstop moves on
+    clock.now += 0.9
+    assert schedule.take_due() == []
+    schedule.arm("a")  # closed: read once quiet for the settle time
+    clock.now += 0.2
+    assert schedule.take_due() == []
+    clock.now += 0.06
+    assert schedule.take_due() == ["a"] and schedule.take_due() == []
+
+
+def test_schedule_backstop_reads_an_upload_that_is_never_closed() -> None:
+    clock = FakeClock()
+    schedule = Schedule(0.0, clock)
+    schedule.expect("a", backstop_s=1.0)
+    clock.now += 0.99
+    assert schedule.take_due() == []
+    clock.now += 0.02
+    assert schedule.take_due() == ["a"]
+
+
+def test_schedule_activity_never_brings_a_read_forward() -> None:
+    clock = FakeClock()
+    schedule = Schedule(5.0, clock)
+    schedule.arm("a")
+    schedule.expect("a", backstop_s=1.0)
+    assert schedule.seconds_until_next() == 5.0
+
+
+def test_schedule_retries_with_capped_backoff() -> None:
+    clock = FakeClock()
+    schedule = Schedule(0.0, clock)
+    delays = [schedule.retry("a") for _ in range(10)]
+    assert delays[:3] == [1.0, 2.0, 4.0] and delays[-1] == RETRY_CAP_S
+    schedule.succeeded("a")
+    assert schedule.retry("a") == 1.0

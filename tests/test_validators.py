@@ -1,0 +1,194 @@
+"""Validators are pure functions of bytes: each bad input is rejected with a one-line reason
+that quotes no secret; good input gives a summary without secrets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from credsync.errors import Rejection
+from credsync.routes import KINDS, Kind
+from credsync.validators import is_sound, nesting_depth, validate
+from tests.helpers import (
+    ACCESS_TOKEN,
+    AWS_SECRET,
+    CANARY,
+    HOUR_MS,
+    REFRESH_TOKEN,
+    aws_credentials,
+    claude_credentials,
+    now_ms,
+)
+
+MAX = 1 << 20
+NOW = 1_800_000_000_000
+
+
+def check(kind: Kind, data: bytes, now_ms: int = NOW) -> str:
+    """The rejection reason, asserted to be one canary-free line."""
+    with pytest.raises(Rejection) as caught:
+        validate(kind, data, max_bytes=MAX, now_ms=now_ms)
+    reason = caught.value.reason
+    assert "\n" not in reason and reason.strip()
+    assert CANARY not in reason
+    return reason
+
+
+def oauth(**fields: object) -> bytes:
+    base: dict[str, object] = {
+        "accessToken": ACCESS_TOKEN,
+        "refreshToken": REFRESH_TOKEN,
+        "expiresAt": NOW + HOUR_MS,
+        "scopes": ["user:inference"],
+    }
+    base.update(fields)
+    return json.dumps({"claudeAiOauth": {k: v for k, v in base.items() if v is not None}}).encode()
+
+
+def test_claude_credentials_with_unknown_keys_are_accepted_and_summarised_without_secrets() -> None:
+    now = now_ms()
+    summary = validate("claude-oauth", claude_credentials(), max_bytes=MAX, now_ms=now)
+    assert summary.scopes == ("user:inference", "user:profile")
+    assert summary.expires_at_ms is not None and summary.expires_at_ms > now
+    assert summary.warnings == ()
+    assert CANARY not in repr(summary)
+
+
+def test_expired_access_token_with_refresh_token_is_accepted_with_a_warning() -> None:
+    summary = validate("claude-oauth", oauth(expiresAt=NOW - 3 * HOUR_MS), max_bytes=MAX, now_ms=NOW)
+    assert len(summary.warnings) == 1 and "expired 3h 0m ago" in summary.warnings[0]
+
+
+def test_both_tokens_expired_is_rejected_with_the_fix() -> None:
+    reason = check("claude-oauth", oauth(expiresAt=NOW - HOUR_MS, refreshTokenExpiresAt=NOW - 1))
+    assert "log in again" in reason
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"", "empty"),
+        (b"  \n", "empty"),
+        (b'{"a": 1}\x00', "NUL"),
+        (b"\xef\xbb\xbf{}", "byte order mark"),
+        (b'{"a": "\xff"}', "not valid UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "nests deeper"),
+        (b'{"a": 1, "a": 2}', "key 'a' twice"),
+        (b'{"a": ' + b"9" * 5000 + b"}", "number too large"),
+        (b'{"a": NaN}', "NaN"),
+        (b"[1, 2]", "an array, expected an object"),
+        (b'{"claudeAiOauth": ', "not valid JSON"),
+        (b"{}", "claudeAiOauth: Field required"),
+        (oauth(accessToken=""), "accessToken"),
+        (oauth(refreshToken=None), "refreshToken: Field required"),
+        (oauth(expiresAt="1800000000000"), "expiresAt: Input should be a valid integer"),
+        (oauth(expiresAt=1.5e12), "expiresAt"),
+        (oauth(expiresAt=True), "expiresAt"),
+        (oauth(scopes=None), "scopes: Field required"),
+        (oauth(scopes=[]), "scopes"),
+        (oauth(scopes=[1]), "scopes.0"),
+        (oauth(accessToken=ACCESS_TOKEN + " \n"), "accessToken"),
+    ],
+)
+def test_bad_claude_credentials_are_rejected_with_a_reason(data: bytes, expected: str) -> None:
+    assert expected in check("claude-oauth", data)
+
+
+def test_oversize_is_rejected() -> None:
+    with pytest.raises(Rejection, match="over the limit of 10"):
+        validate("json", b'{"a": "0123456789"}', max_bytes=10, now_ms=NOW)
+
+
+def test_a_secret_used_as_a_key_is_not_quoted() -> None:
+    reason = check("json", f'{{"{ACCESS_TOKEN}": 1, "{ACCESS_TOKEN}": 2}}'.encode())
+    assert "a key not shown" in reason
+
+
+@pytest.mark.parametrize(
+    ("kind", "data", "expected"),
+    [
+        ("aws-credentials", b"aws_access_key_id = x\n", "before any [section]"),
+        ("aws-credentials", b"# only a comment\n", "no [section]"),
+        (
+            "aws-credentials",
+            b"[a]\naws_access_key_id = x\naws_secret_access_key = y\n[a]\n",
+            "section 'a' appears twice",
+        ),
+        ("aws-credentials", b"[a]\naws_access_key_id = x\naws_access_key_id = y\n", "appears twice in section"),
+        ("aws-credentials", b"[a]\naws_access_key_id = x\n", "has no aws_secret_access_key"),
+        ("aws-credentials", f"[a]\naws_access_key_id = x\n{AWS_SECRET}\n".encode(), "neither [section] nor key"),
+        ("aws-config", b"[default]\nregion = %(home)s\n", "interpolation"),
+    ],
+)
+def test_bad_aws_files_are_rejected_with_a_reason(kind: Kind, data: bytes, expected: str) -> None:
+    assert expected in check(kind, data)
+
+
+def test_aws_files_are_accepted() -> None:
+    assert validate("aws-credentials", aws_credentials(), max_bytes=MAX, now_ms=NOW).sections == ("default",)
+    config = b"[default]\nregion = eu-west-1\n[profile bedrock]\nregion = us-east-1\n"
+    assert validate("aws-config", config, max_bytes=MAX, now_ms=NOW).sections == ("default", "profile bedrock")
+
+
+def test_nesting_depth_ignores_brackets_inside_strings() -> None:
+    assert nesting_depth('{"a": "[[[[{{{{", "b": [1, [2]]}') == 3
+    assert nesting_depth(r'{"a": "\"[[["}') == 1
+
+
+def test_soundness_is_syntax_only() -> None:
+    blanked = oauth(refreshToken="")
+    assert is_sound("claude-oauth", blanked, max_bytes=MAX)
+    assert not is_sound("claude-oauth", blanked[:-3], max_bytes=MAX)
+    assert not is_sound("aws-config", b"no section", max_bytes=MAX)
+
+
+secret_text = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=12, max_size=40)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(KINDS), data=st.binary(max_size=400))
+def test_any_bytes_give_a_summary_or_a_rejection(kind: Kind, data: bytes) -> None:
+    try:
+        validate(kind, data, max_bytes=MAX, now_ms=NOW)
+    except Rejection as rejection:
+        assert "\n" not in rejection.reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    access=secret_text,
+    refresh=secret_text,
+    expires=json_values,
+    scopes=json_values,
+    extra=st.dictionaries(st.text(max_size=10), json_values, max_size=3),
+)
+def test_no_reason_contains_a_piece_of_a_secret_field(
+    access: str, refresh: str, expires: object, scopes: object, extra: dict[str, object]
+) -> None:
+    document = {"claudeAiOauth": {**extra, "accessToken": access, "refreshToken": refresh}}
+    document["claudeAiOauth"].update({"expiresAt": expires, "scopes": scopes})
+    try:
+        validate("claude-oauth", json.dumps(document).encode(), max_bytes=MAX, now_ms=NOW)
+    except Rejection as rejection:
+        for secret in (access, refresh):
+            pieces = {secret[i : i + 8] for i in range(len(secret) - 7)}
+            assert not any(piece in rejection.reason for piece in pieces)
+
+
+@settings(max_examples=200, deadline=None)
+@given(secret=secret_text.filter(lambda s: "%" not in s), noise=st.text(max_size=60))
+def test_aws_reasons_never_quote_a_secret(secret: str, noise: str) -> None:
+    data = f"[p]\naws_access_key_id = AKIA\naws_secret_access_key = {secret}\n{noise}\n{secret}\n".encode()
+    try:
+        validate("aws-credentials", data, max_bytes=MAX, now_ms=NOW)
+    except Rejection as rejection:
+        pieces = {secret[i : i + 8] for i in range(len(secret) - 7)}
+        assert not any(piece in rejection.reason for piece in pieces)
