@@ -26,6 +26,7 @@ EXIT_OK = 0
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
 EXIT_PUBLISH_FAILED = 3
+EXIT_NOTIFY_FAILED = 4
 SYNC_SETTLE_LIMIT_S = 10.0
 
 
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch.set_defaults(handler=run_watch)
 
     sync = commands.add_parser(
-        "sync", help="one pass over all routes, then exit (0 ok, 1 rejected, 2 bad usage, 3 not published)"
+        "sync",
+        help="one pass over all routes, then exit (0 ok, 1 rejected, 2 bad usage, 3 not published, 4 not notified)",
     )
     add_setting_flags(sync)
     sync.add_argument("--dry-run", action="store_true", help="decide and log, but write nothing")
@@ -100,14 +102,16 @@ def prepare(settings: Settings, *, dry_run: bool) -> Pipeline:
 
 def run_watch(args: argparse.Namespace) -> int:
     from credsync.daemon import Daemon
+    from credsync.notify import Notifier
 
     settings = settings_from(args)
     try:
         pipeline = prepare(settings, dry_run=False)
+        notifier = Notifier(settings)
     except CredsyncError as error:
         logger.error(error.reason)
         return EXIT_USAGE
-    return Daemon(pipeline).run()
+    return Daemon(pipeline, notifier).run()
 
 
 def run_sync(args: argparse.Namespace) -> int:
@@ -117,10 +121,25 @@ def run_sync(args: argparse.Namespace) -> int:
     except CredsyncError as error:
         logger.error(error.reason)
         return EXIT_USAGE
-    outcomes = [result.outcome for result in sync_once(pipeline)]
-    if Outcome.FAILED in outcomes or Outcome.UNSETTLED in outcomes:
+    results = sync_once(pipeline)
+    changed = {result.name: result.sha256 for result in results if result.changed_destination}
+    notified = not changed or notify_now(settings, changed, dry_run=args.dry_run)
+    outcomes = {result.outcome for result in results}
+    if outcomes & {Outcome.FAILED, Outcome.UNSETTLED}:
         return EXIT_PUBLISH_FAILED
-    return EXIT_REJECTED if Outcome.REJECTED in outcomes else EXIT_OK
+    if Outcome.REJECTED in outcomes:
+        return EXIT_REJECTED
+    return EXIT_OK if notified else EXIT_NOTIFY_FAILED
+
+
+def notify_now(settings: Settings, changed: dict[str, str], *, dry_run: bool) -> bool:
+    """`sync` tells the consumer once, synchronously: no debounce, no retry."""
+    from credsync.notify import Delivery, Notifier  # the Docker SDK is slow to import: only notifying commands pay
+
+    notifier = Notifier(settings)
+    if dry_run or not notifier.enabled:
+        return True
+    return notifier.deliver(changed) in (Delivery.DELIVERED, Delivery.SKIPPED)
 
 
 def sync_once(pipeline: Pipeline) -> list[Result]:

@@ -13,6 +13,7 @@ from types import FrameType
 from loguru import logger
 
 from credsync.errors import printable
+from credsync.notify import Notifier
 from credsync.pipeline import Outcome, Pipeline
 from credsync.schedule import Schedule
 from credsync.watcher import Callbacks, Watcher
@@ -47,8 +48,9 @@ class Wakeup:
 
 
 class Daemon:
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, notifier: Notifier) -> None:
         self.pipeline = pipeline
+        self.notifier = notifier
         self.settings = pipeline.settings
         self.schedule = Schedule(self.settings.settle_ms / 1000)
         self.wakeup = Wakeup()
@@ -81,10 +83,12 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hangup)
         logger.bind(source=str(self.settings.source), routes=len(self.pipeline.routes)).info("watching")
+        self.notifier.start()
         try:
             self._loop()
         finally:
             self.watcher.stop()
+            self.notifier.stop()
             signal.set_wakeup_fd(-1)
             self.wakeup.close()
         logger.info("stopped")
@@ -144,3 +148,5 @@ class Daemon:
             self.schedule.retry(name)
         else:
             self.schedule.succeeded(name)
+        if result.changed_destination and not self.pipeline.dry_run:
+            self.notifier.changed(result.name, result.sha256)

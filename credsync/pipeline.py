@@ -47,7 +47,12 @@ OUTCOME_OF_ACTION = {
 class Result:
     name: str
     outcome: Outcome
+    sha256: str = ""
     reason: str = ""
+
+    @property
+    def changed_destination(self) -> bool:
+        return self.outcome in (Outcome.PUBLISHED, Outcome.REPAIRED)
 
 
 def short_hash(sha256_hex: str) -> str:
@@ -143,7 +148,7 @@ class Pipeline:
         if self.dry_run:
             fields["dry_run"] = True
         logger.bind(**fields).log("DEBUG" if repeated else level, outcome.value)
-        return Result(route.upload, outcome, reason)
+        return Result(route.upload, outcome, sha256, reason)
 
     def _note_ignored(self, name: str) -> None:
         if is_rsync_temp(name) or name in self._ignored:

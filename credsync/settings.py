@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, PlainSerializer, ValidationError, model_validator
+from pydantic import AnyHttpUrl, BeforeValidator, Field, PlainSerializer, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from credsync.errors import ConfigError
@@ -54,6 +54,21 @@ Owner = Annotated[
 Mode = Annotated[int, BeforeValidator(parse_mode), PlainSerializer(lambda mode: f"{mode:04o}", return_type=str)]
 AbsolutePath = Annotated[Path, BeforeValidator(absolute_path)]
 
+# Signals a consumer may be told with. Never KILL or STOP (nothing can catch them), never a
+# default: the Docker SDK turns a missing signal into SIGKILL.
+ALLOWED_SIGNALS = ("SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH")
+
+
+def parse_signal(value: object) -> str:
+    name = str(value).strip().upper()
+    name = name if name.startswith("SIG") else "SIG" + name
+    if name not in ALLOWED_SIGNALS:
+        raise ValueError(f"must be one of {', '.join(ALLOWED_SIGNALS)}, got {value!r}")
+    return name
+
+
+SignalName = Annotated[str, BeforeValidator(parse_signal)]
+NotifyMode = Literal["auto", "signal", "exec", "http", "none"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
 
@@ -76,6 +91,26 @@ class Settings(BaseSettings):
     log_format: LogFormat = Field("text", description="text or json (one object per line)")
     log_level: LogLevel = Field("INFO", description="minimum level logged")
     routes: AbsolutePath | None = Field(None, description="TOML file that adds or replaces routes")
+    notify: NotifyMode = Field("auto", description="how to tell the consumer: auto, signal, exec, http or none")
+    notify_target: str | None = Field(
+        None, description="consumer container: name or ID, service:NAME (own compose project) or PROJECT/SERVICE"
+    )
+    notify_signal: SignalName = Field("SIGHUP", description=f"signal to send ({', '.join(ALLOWED_SIGNALS)})")
+    notify_exec: str | None = Field(None, description="command run inside the target (exec mode)")
+    notify_url: AnyHttpUrl | None = Field(None, description="URL to POST the changed routes to (http mode)")
+    notify_timeout_s: float = Field(10.0, gt=0, le=300, description="time an exec or HTTP notification may take")
+    notify_grace_ms: int = Field(1000, ge=0, le=60_000, description="how long the target must survive a notification")
+    debounce_ms: int = Field(500, ge=0, le=60_000, description="quiet time after a publication before notifying")
+    debounce_max_ms: int = Field(5000, ge=0, le=600_000, description="longest a notification waits in a burst")
+    docker_host: str = Field("unix:///var/run/docker.sock", description="Docker Engine API address")
+
+    @model_validator(mode="after")
+    def _notification_is_complete(self) -> Settings:
+        needs = {"signal": ["notify_target"], "exec": ["notify_target", "notify_exec"], "http": ["notify_url"]}
+        for name in needs.get(self.notify, []):
+            if getattr(self, name) is None:
+                raise ValueError(f"CREDSYNC_NOTIFY={self.notify} needs CREDSYNC_{name.upper()}")
+        return self
 
     @model_validator(mode="after")
     def _folders_do_not_overlap(self) -> Settings:

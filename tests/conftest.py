@@ -5,10 +5,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from loguru import logger
 
-from credsync.logs import configure_logging
-from tests.helpers import Folders, WatchProcess, assert_no_canary, make_folders
+from tests.helpers import Folders, WatchProcess, make_folders
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -20,17 +18,6 @@ def running_as_root() -> None:
 @pytest.fixture
 def folders(tmp_path: Path) -> Folders:
     return make_folders(tmp_path)
-
-
-@pytest.fixture
-def captured_log() -> Iterator[list[str]]:
-    """In-process credsync log lines (JSON), checked for the canary afterwards."""
-    lines: list[str] = []
-    configure_logging("json", "DEBUG")
-    handler = logger.add(lines.append, format="{message}", level="DEBUG", serialize=True)
-    yield lines
-    logger.remove(handler)
-    assert_no_canary("".join(lines), "the in-process log")
 
 
 @pytest.fixture

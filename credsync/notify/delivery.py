@@ -1,0 +1,89 @@
+"""Delivering one notification to one container, and checking it survived: still running,
+same start time, same restart count, no `die` event during the grace period."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+from docker.models.containers import Container
+
+
+class DeliveryFailed(Exception):
+    """The consumer was told but is not well: never retried, an operator must look."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    container_id: str
+    name: str
+    started_at: str
+    restart_count: int
+
+    @classmethod
+    def of(cls, container: Container) -> Snapshot:
+        container.reload()
+        return cls(
+            str(container.id),
+            str(container.name),
+            str(container.attrs["State"]["StartedAt"]),
+            int(container.attrs["RestartCount"]),
+        )
+
+
+def send_signal(container: Container, signal_name: str) -> None:
+    container.kill(signal=signal_name)  # a name, never None: the SDK turns None into SIGKILL
+
+
+def run_exec(container: Container, command: str, timeout_s: float) -> None:
+    # `timeout` bounds a command that hangs; exec_run has no timeout of its own.
+    argv = ["timeout", f"{timeout_s:g}", *shlex.split(command)]
+    exit_code, output = container.exec_run(argv, stdout=True, stderr=True)
+    if exit_code != 0:
+        # The output is not logged: a consumer's command may print anything, secrets included.
+        shown = len(output) if isinstance(output, bytes) else 0
+        raise DeliveryFailed(f"exec command exited {exit_code} ({shown} bytes of output not shown)")
+
+
+def post_http(url: str, body: dict[str, Any], timeout_s: float) -> int:
+    request = urllib.request.Request(  # noqa: S310 - the operator's own URL, http(s) only by validation
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an environment proxy
+    try:
+        with opener.open(request, timeout=timeout_s) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        if error.code >= 500:
+            raise ConnectionError(f"HTTP {error.code} from the notify URL") from None  # retried
+        raise DeliveryFailed(f"HTTP {error.code} from the notify URL") from None
+
+
+def verify_survived(client: docker.DockerClient, before: Snapshot, delivered_at: float, grace_s: float) -> None:
+    """Watch the target's events from delivery for the grace period, then compare its state."""
+    if grace_s > 0:
+        # The API takes fractional seconds as text; the stubs only know int and datetime.
+        events = client.events(  # type: ignore[call-overload]
+            since=f"{delivered_at:.9f}",
+            until=f"{delivered_at + grace_s:.9f}",
+            filters={"container": before.container_id, "event": ["die", "restart", "oom"]},
+            decode=True,
+        )
+        for event in events:
+            raise DeliveryFailed(
+                f"container {before.name} reported '{event.get('status', 'die')}' after the notification"
+            )
+    try:
+        after = Snapshot.of(client.containers.get(before.container_id))
+    except docker.errors.NotFound:
+        raise DeliveryFailed(f"container {before.name} is gone after the notification") from None
+    if (after.started_at, after.restart_count) != (before.started_at, before.restart_count):
+        raise DeliveryFailed(f"container {before.name} restarted after the notification")
+    state = client.containers.get(before.container_id).status
+    if state != "running":
+        raise DeliveryFailed(f"container {before.name} is {state} after the notification")

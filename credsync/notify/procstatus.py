@@ -1,0 +1,62 @@
+"""Which process receives a signal sent to a container, and does it catch it? Read from
+/proc of the process (PID 1, or its child when PID 1 is an init that forwards signals)."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from typing import Protocol
+
+DEFAULT_IGNORED = frozenset({signal.SIGWINCH, signal.SIGCHLD, signal.SIGURG, signal.SIGCONT})
+# Inits that forward signals to their child instead of handling them (tini is docker-init).
+FORWARDING_INITS = frozenset({"docker-init", "tini", "dumb-init", "catatonit"})
+
+
+@dataclass(frozen=True)
+class ProcStatus:
+    name: str
+    caught: int  # SigCgt bit mask
+    ignored: int  # SigIgn
+
+    def catches(self, signum: int) -> bool:
+        return bool(self.caught >> (signum - 1) & 1)
+
+
+def parse_status(text: str) -> ProcStatus:
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return ProcStatus(
+        fields.get("Name", "?").strip(),
+        int(fields.get("SigCgt", "0").strip(), 16),
+        int(fields.get("SigIgn", "0").strip(), 16),
+    )
+
+
+class ProcReader(Protocol):
+    root_pid: int
+
+    def read(self, pid: int, name: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class Verdict:
+    catches: bool
+    process: str  # e.g. "node (PID 1)" or "node (child of docker-init)"
+    explanation: str
+
+
+def receiver_verdict(reader: ProcReader, signal_name: str) -> Verdict:
+    signum = signal.Signals[signal_name].value
+    first = parse_status(reader.read(reader.root_pid, "status"))
+    status, label = first, f"{first.name} (PID 1)"
+    if first.name in FORWARDING_INITS:
+        children = reader.read(reader.root_pid, f"task/{reader.root_pid}/children").split()
+        if len(children) != 1:
+            return Verdict(False, label, f"init {first.name} has {len(children)} children to forward {signal_name} to")
+        status = parse_status(reader.read(int(children[0]), "status"))
+        label = f"{status.name} (child of {first.name})"
+    if status.catches(signum):
+        return Verdict(True, label, f"{label} handles {signal_name}")
+    # The kernel drops unhandled signals to a namespace's PID 1; any other process gets the default action.
+    harmless = status is first or signum in DEFAULT_IGNORED or status.ignored >> (signum - 1) & 1
+    fate = "so it would be ignored" if harmless else "so it would kill the process"
+    return Verdict(False, label, f"{label} has no {signal_name} handler, {fate}")

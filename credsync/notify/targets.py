@@ -1,0 +1,80 @@
+"""Which containers to notify: found again at every notification, so a recreated container is
+reached by its new ID. Compose services are found by their labels."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+from docker.models.containers import Container
+
+from credsync.errors import ConfigError
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+ONEOFF_LABEL = "com.docker.compose.oneoff"
+CONTAINER_ID_IN_MOUNTS = re.compile(r"/containers/([0-9a-f]{64})/")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    container: str | None = None  # a name or ID
+    project: str | None = None  # None with a service: credsync's own compose project
+    service: str | None = None
+
+    def describe(self) -> str:
+        if self.container is not None:
+            return self.container
+        return f"{self.project or '<own project>'}/{self.service}"
+
+
+def parse_target(text: str) -> TargetSpec:
+    text = text.strip()
+    if text.startswith("service:"):
+        service = text.removeprefix("service:")
+        if not service:
+            raise ConfigError("CREDSYNC_NOTIFY_TARGET service:NAME needs a service name")
+        return TargetSpec(service=service)
+    project, slash, service = text.partition("/")
+    if slash:
+        if not (project and service):
+            raise ConfigError("CREDSYNC_NOTIFY_TARGET PROJECT/SERVICE needs both parts")
+        return TargetSpec(project=project, service=service)
+    if not text:
+        raise ConfigError("CREDSYNC_NOTIFY_TARGET is empty")
+    return TargetSpec(container=text)
+
+
+def own_container_id(mountinfo: str) -> str | None:
+    """Docker bind-mounts /etc/hostname from /var/lib/docker/containers/<id>/: our own ID."""
+    match = CONTAINER_ID_IN_MOUNTS.search(mountinfo)
+    return match.group(1) if match else None
+
+
+def own_compose_project(client: docker.DockerClient) -> str:
+    try:
+        container_id = own_container_id(Path("/proc/self/mountinfo").read_text())
+    except OSError:
+        container_id = None
+    if container_id is None:
+        raise ConfigError("service:NAME works only when credsync runs in a compose project; use PROJECT/SERVICE")
+    project = client.containers.get(container_id).labels.get(PROJECT_LABEL)
+    if not project:
+        raise ConfigError("credsync's container has no compose project label; use PROJECT/SERVICE or a name")
+    return str(project)
+
+
+def resolve(client: docker.DockerClient, spec: TargetSpec, own_project: str | None) -> list[Container]:
+    """Running containers of the target, one-off `compose run` containers left out."""
+    if spec.container is not None:
+        try:
+            container = client.containers.get(spec.container)
+        except docker.errors.NotFound:
+            return []
+        return [container] if container.status == "running" else []
+    project = spec.project or own_project
+    labels = [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={spec.service}"]
+    found = client.containers.list(filters={"label": labels, "status": "running"})
+    return [container for container in found if container.labels.get(ONEOFF_LABEL, "False") != "True"]
