@@ -8,6 +8,9 @@ import pytest
 
 from tests.helpers import Folders, WatchProcess, make_folders
 
+# Fixture modules: a real Docker Engine, a real sshd.
+pytest_plugins = ["tests.docker_env"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def running_as_root() -> None:

@@ -108,7 +108,10 @@ class Notifier:
             targets = self._targets(client)
             if self.spec is not None and not targets:
                 self._say_once(
-                    ("no-target",), "WARNING", f"no running container for {self.spec.describe()}; notification pending"
+                    ("no-target",),
+                    "WARNING",
+                    "notification pending",
+                    reason=f"no running container for {self.spec.describe()}",
                 )
                 return Delivery.PENDING
             if self.mode == "http":
@@ -118,10 +121,12 @@ class Notifier:
                 outcome = max(outcomes, default=Delivery.DELIVERED)
         except TRANSIENT_ERRORS as error:
             self._client = None  # reconnect next time: the engine may have restarted
-            self._say_once(("unreachable", type(error).__name__), "WARNING", f"notification pending: {describe(error)}")
+            self._say_once(
+                ("unreachable", type(error).__name__), "WARNING", "notification pending", reason=describe(error)
+            )
             return Delivery.PENDING
         except ConfigError as error:
-            self._say_once(("config", error.reason), "ERROR", f"cannot notify: {error.reason}")
+            self._say_once(("config", error.reason), "ERROR", "cannot notify", reason=error.reason)
             return Delivery.FAILED
         self._said = {key for key in self._said if key[0] == "skip"}  # a recovery may be reported again
         return outcome
@@ -188,16 +193,16 @@ class Notifier:
 
     def _refuse_signal(self, before: Snapshot, explanation: str) -> Delivery:
         """Never send a signal the receiver does not catch: it is ignored or it kills the consumer."""
-        signal_name = self.settings.notify_signal
-        advice = "set CREDSYNC_NOTIFY=exec or http, or give the consumer a handler"
+        fix = "set CREDSYNC_NOTIFY=exec or http, or give the consumer a handler"
+        key = ("skip", before.container_id, before.started_at)
         if self.mode == "auto":
-            message = f"published without notifying: {explanation}; {advice}"
-            level = "WARNING"
-        else:
-            message = f"refusing to send {signal_name}: {explanation}; {advice}"
-            level = "ERROR"
-        self._say_once(("skip", before.container_id, before.started_at), level, message, target=before.name)
-        return Delivery.SKIPPED if self.mode == "auto" else Delivery.FAILED
+            self._say_once(
+                key, "WARNING", "published without notifying", target=before.name, reason=explanation, fix=fix
+            )
+            return Delivery.SKIPPED
+        message = f"{self.settings.notify_signal} not sent"
+        self._say_once(key, "ERROR", message, target=before.name, reason=explanation, fix=fix)
+        return Delivery.FAILED
 
     def _say_once(self, key: tuple[str, ...], level: str, message: str, **fields: object) -> None:
         """A condition that persists is logged when it starts, not at every retry."""
