@@ -1,0 +1,148 @@
+"""Pure notification logic: debounce and backoff, /proc status parsing, target syntax."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from credsync.errors import ConfigError
+from credsync.notify.notifier import describe_batch, redact_url
+from credsync.notify.pending import RETRY_CAP_S, Pending
+from credsync.notify.procstatus import parse_status, receiver_verdict
+from credsync.notify.targets import TargetSpec, own_container_id, parse_target
+from credsync.settings import load_settings
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_burst_is_one_batch_sent_after_the_quiet_time() -> None:
+    clock = FakeClock()
+    pending = Pending(0.5, 5.0, clock)
+    assert pending.due_at() is None
+    for n in range(20):
+        pending.add(".credentials.json", f"sha{n}")
+        clock.now += 0.1
+    pending.add("settings.json", "s")
+    assert pending.due_at() == pytest.approx(clock.now + 0.5)
+    assert pending.take() == {".credentials.json": "sha19", "settings.json": "s"}
+    assert pending.due_at() is None
+
+
+def test_a_never_ending_burst_is_sent_after_the_maximum_wait() -> None:
+    clock = FakeClock()
+    pending = Pending(0.5, 2.0, clock)
+    start = clock.now
+    for _ in range(100):
+        pending.add("a", "x")
+        clock.now += 0.2
+    assert pending.due_at() == pytest.approx(start + 2.0)
+
+
+def test_failures_back_off_and_newer_changes_win() -> None:
+    clock = FakeClock()
+    pending = Pending(0.0, 0.0, clock)
+    pending.add("a", "old")
+    batch = pending.take()
+    pending.add("a", "new")
+    delays = [pending.failed(batch)]
+    assert pending.changes == {"a": "new"} and pending.due_at() == pytest.approx(clock.now + 1.0)
+    delays += [pending.failed({}) for _ in range(8)]
+    assert delays[:3] == [1.0, 2.0, 4.0] and delays[-1] == RETRY_CAP_S
+    pending.delivered()
+    assert pending.due_at() == pytest.approx(clock.now)
+
+
+STATUS = "Name:\t{name}\nPid:\t{pid}\nSigIgn:\t0000000000000000\nSigCgt:\t{caught}\n"
+
+
+@dataclass
+class FakeProc:
+    processes: dict[int, tuple[str, str]]  # pid → (name, SigCgt)
+    children: dict[int, list[int]] = field(default_factory=dict)
+    root_pid: int = 1
+
+    def read(self, pid: int, name: str) -> str:
+        if name == "status":
+            process, caught = self.processes[pid]
+            return STATUS.format(name=process, pid=pid, caught=caught)
+        return " ".join(str(child) for child in self.children.get(pid, []))
+
+
+def test_a_pid_1_that_traps_hup_catches_it() -> None:
+    verdict = receiver_verdict(FakeProc({1: ("sh", "0000000000010003")}), "SIGHUP")
+    assert verdict.catches and verdict.process == "sh (PID 1)"
+
+
+def test_node_as_pid_1_without_handler_would_ignore_it() -> None:
+    verdict = receiver_verdict(FakeProc({1: ("node", "0000000000004002")}), "SIGHUP")
+    assert not verdict.catches and "would be ignored" in verdict.explanation
+
+
+def test_behind_an_init_the_child_decides() -> None:
+    proc = FakeProc({1: ("docker-init", "0"), 7: ("node", "0000000000004002")}, {1: [7]})
+    verdict = receiver_verdict(proc, "SIGHUP")
+    assert not verdict.catches and verdict.process == "node (child of docker-init)"
+    assert "kill the process" in verdict.explanation
+    assert receiver_verdict(proc, "SIGWINCH").explanation.endswith("so it would be ignored")
+    caught = FakeProc({1: ("tini", "0"), 7: ("node", "0000000000000001")}, {1: [7]})
+    assert receiver_verdict(caught, "SIGHUP").catches
+
+
+def test_an_init_with_no_single_child_is_not_a_receiver() -> None:
+    verdict = receiver_verdict(FakeProc({1: ("tini", "0")}, {1: []}), "SIGUSR1")
+    assert not verdict.catches and "0 children" in verdict.explanation
+
+
+def test_parse_status_reads_the_masks() -> None:
+    status = parse_status(STATUS.format(name="node", pid=1, caught="0000000000000202"))
+    assert status.catches(2) and status.catches(10) and not status.catches(1)
+
+
+@pytest.mark.parametrize(
+    ("text", "spec"),
+    [
+        ("claude-hub-webhook-1", TargetSpec(container="claude-hub-webhook-1")),
+        ("service:webhook", TargetSpec(service="webhook")),
+        ("myapp/webhook", TargetSpec(project="myapp", service="webhook")),
+    ],
+)
+def test_target_syntax(text: str, spec: TargetSpec) -> None:
+    assert parse_target(text) == spec
+
+
+@pytest.mark.parametrize("text", ["service:", "/webhook", "app/", " "])
+def test_bad_targets_are_config_errors(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_target(text)
+
+
+def test_own_container_id_comes_from_the_hostname_mount() -> None:
+    container_id = "ab" * 32
+    mountinfo = (
+        "1 0 0:1 / / rw - overlay overlay rw\n"
+        f"2 1 8:1 /var/lib/docker/containers/{container_id}/hostname /etc/hostname rw - ext4 /dev/sda1 rw\n"
+    )
+    assert own_container_id(mountinfo) == container_id
+    assert own_container_id("1 0 0:1 / / rw - ext4 /dev/sda1 rw\n") is None
+
+
+def test_urls_and_batches_are_logged_without_secrets() -> None:
+    assert redact_url("https://user:pw@hub.example:8443/hook?token=t") == "https://hub.example:8443/hook"
+    assert describe_batch({"b": "2" * 64, "a": "1" * 64}) == f"a@{'1' * 12},b@{'2' * 12}"
+
+
+def test_notify_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="CREDSYNC_NOTIFY=signal needs CREDSYNC_NOTIFY_TARGET"):
+        load_settings({"notify": "signal"})
+    with pytest.raises(ConfigError, match="CREDSYNC_NOTIFY_SIGNAL"):
+        load_settings({"notify_signal": "SIGKILL"})
+    with pytest.raises(ConfigError, match="CREDSYNC_NOTIFY_URL"):
+        load_settings({"notify": "http", "notify_url": "file:///etc/passwd"})
+    assert load_settings({"notify_signal": "usr1"}).notify_signal == "SIGUSR1"
