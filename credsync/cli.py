@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
@@ -21,6 +22,9 @@ from credsync.publisher import ensure_private_folder, remove_stale_temps
 from credsync.routes import KINDS, Kind, kind_for_filename, load_routes
 from credsync.settings import Settings, load_settings
 from credsync.validators import CredentialSummary, validate
+
+if TYPE_CHECKING:
+    from credsync.notify import Notifier
 
 EXIT_OK = 0
 EXIT_REJECTED = 1
@@ -102,12 +106,11 @@ def prepare(settings: Settings, *, dry_run: bool) -> Pipeline:
 
 def run_watch(args: argparse.Namespace) -> int:
     from credsync.daemon import Daemon
-    from credsync.notify import Notifier
 
     settings = settings_from(args)
     try:
         pipeline = prepare(settings, dry_run=False)
-        notifier = Notifier(settings)
+        notifier = build_notifier(settings)
     except CredsyncError as error:
         logger.error(error.reason)
         return EXIT_USAGE
@@ -132,13 +135,22 @@ def run_sync(args: argparse.Namespace) -> int:
     return EXIT_OK if notified else EXIT_NOTIFY_FAILED
 
 
+def build_notifier(settings: Settings) -> Notifier | None:
+    """None when there is no one to tell: then the Docker SDK is never imported (time, memory)."""
+    if not settings.notifies:
+        return None
+    from credsync.notify import Notifier
+
+    return Notifier(settings)
+
+
 def notify_now(settings: Settings, changed: dict[str, str], *, dry_run: bool) -> bool:
     """`sync` tells the consumer once, synchronously: no debounce, no retry."""
-    from credsync.notify import Delivery, Notifier  # the Docker SDK is slow to import: only notifying commands pay
-
-    notifier = Notifier(settings)
-    if dry_run or not notifier.enabled:
+    notifier = None if dry_run else build_notifier(settings)
+    if notifier is None:
         return True
+    from credsync.notify import Delivery
+
     return notifier.deliver(changed) in (Delivery.DELIVERED, Delivery.SKIPPED)
 
 

@@ -9,14 +9,17 @@ import select
 import signal
 import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from credsync.errors import printable
-from credsync.notify import Notifier
 from credsync.pipeline import Outcome, Pipeline
 from credsync.schedule import Schedule
 from credsync.watcher import Callbacks, Watcher
+
+if TYPE_CHECKING:
+    from credsync.notify import Notifier
 
 WATCH_RETRY_S = 5.0
 WRITE_BACKSTOP_S = 1.0  # read an upload that was written to but never closed (hard links, held-open files)
@@ -48,7 +51,7 @@ class Wakeup:
 
 
 class Daemon:
-    def __init__(self, pipeline: Pipeline, notifier: Notifier) -> None:
+    def __init__(self, pipeline: Pipeline, notifier: Notifier | None) -> None:
         self.pipeline = pipeline
         self.notifier = notifier
         self.settings = pipeline.settings
@@ -83,12 +86,16 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hangup)
         logger.bind(source=str(self.settings.source), routes=len(self.pipeline.routes)).info("watching")
-        self.notifier.start()
+        if self.notifier is None:
+            logger.bind(notify=self.settings.notify).info("no notify target: publishing only")
+        else:
+            self.notifier.start()
         try:
             self._loop()
         finally:
             self.watcher.stop()
-            self.notifier.stop()
+            if self.notifier is not None:
+                self.notifier.stop()
             signal.set_wakeup_fd(-1)
             self.wakeup.close()
         logger.info("stopped")
@@ -148,5 +155,5 @@ class Daemon:
             self.schedule.retry(name)
         else:
             self.schedule.succeeded(name)
-        if result.changed_destination and not self.pipeline.dry_run:
+        if result.changed_destination and self.notifier is not None:
             self.notifier.changed(result.name, result.sha256)

@@ -71,7 +71,9 @@ def read_settled_file(folder_fd: int, name: str, max_bytes: int, settle_ns: int)
     except FileNotFoundError:
         raise UploadMissing("upload does not exist") from None
     check_shape(before, max_bytes)
-    if time.time_ns() - max(before.st_mtime_ns, before.st_ctime_ns) < settle_ns:
+    # ctime, not mtime: `scp -p` and `rsync -t` copy the sender's mtime, which may lie in the future;
+    # the kernel sets ctime on every write, rename or utimes, and nobody can set it by hand.
+    if time.time_ns() - before.st_ctime_ns < settle_ns:
         raise UploadUnsettled("upload was written less than the settle time ago")
     try:
         file_fd = os.open(basename, READ_FLAGS, dir_fd=folder_fd)

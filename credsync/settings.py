@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     debounce_max_ms: int = Field(5000, ge=0, le=600_000, description="longest a notification waits in a burst")
     docker_host: str = Field("unix:///var/run/docker.sock", description="Docker Engine API address")
 
+    @property
+    def notifies(self) -> bool:
+        """Is there anyone to tell? (auto without a target publishes only.)"""
+        return self.notify != "none" and (self.notify_target is not None or self.notify == "http")
+
     @model_validator(mode="after")
     def _notification_is_complete(self) -> Settings:
         needs = {"signal": ["notify_target"], "exec": ["notify_target", "notify_exec"], "http": ["notify_url"]}

@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from credsync.errors import Rejection, UploadMissing, UploadUnsettled
 from credsync.intake import read_upload
+from tests.helpers import wait_until
 
 MAX = 1 << 20
 
@@ -108,3 +110,20 @@ def test_a_fresh_write_is_unsettled(tmp_path: Path) -> None:
     with pytest.raises(UploadUnsettled):
         read(tmp_path, "f", settle_ns=60 * 10**9)
     assert read(tmp_path, "f", settle_ns=0) == b"{}"
+
+
+def test_a_future_mtime_does_not_hold_an_upload_back(tmp_path: Path) -> None:
+    """`scp -p` keeps the sender's mtime, which may be ahead: settling goes by ctime."""
+    upload = tmp_path / "f"
+    upload.write_text("{}")
+    in_an_hour = time.time() + 3600
+    os.utime(upload, (in_an_hour, in_an_hour))
+    wait_until(lambda: settled(tmp_path, "f", settle_ns=50_000_000), timeout=2)
+
+
+def settled(source: Path, name: str, settle_ns: int) -> bool:
+    try:
+        read(source, name, settle_ns)
+    except UploadUnsettled:
+        return False
+    return True

@@ -52,7 +52,6 @@ class Notifier:
         self.settings = settings
         self.mode = settings.notify
         self.spec: TargetSpec | None = parse_target(settings.notify_target) if settings.notify_target else None
-        self.enabled = self.mode != "none" and (self.spec is not None or self.mode == "http")
         self._pending = Pending(settings.debounce_ms / 1000, settings.debounce_max_ms / 1000, time.monotonic)
         self._changed = threading.Condition()
         self._stopping = False
@@ -62,9 +61,6 @@ class Notifier:
         self._said: set[tuple[str, ...]] = set()
 
     def start(self) -> None:
-        if not self.enabled:
-            logger.bind(notify=self.mode).info("no notify target: publishing only")
-            return
         self._thread.start()
 
     def stop(self) -> None:
@@ -76,8 +72,6 @@ class Notifier:
 
     def changed(self, route: str, sha256: str) -> None:
         """A destination changed: notify after the debounce. Never blocks on Docker."""
-        if not self.enabled:
-            return
         with self._changed:
             self._pending.add(route, sha256)
             self._changed.notify()
