@@ -14,6 +14,7 @@ from loguru import logger
 
 from credsync import __version__
 from credsync.errors import ConfigError, CredsyncError, Rejection, UploadMissing, UploadUnsettled, printable
+from credsync.health import Liveness, SystemdEnvironment, check_health
 from credsync.intake import read_upload
 from credsync.ledger import Ledger
 from credsync.logs import configure_logging
@@ -63,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(sync)
     sync.add_argument("--dry-run", action="store_true", help="decide and log, but write nothing")
     sync.set_defaults(handler=run_sync)
+
+    health = commands.add_parser("health", help="is the daemon ready and watching? (0 healthy, 1 not)")
+    add_setting_flags(health)
+    health.set_defaults(handler=run_health)
 
     check = commands.add_parser("validate", help="check files as credsync would (0 valid, 1 invalid)")
     check.add_argument("files", nargs="+", type=Path, metavar="FILE")
@@ -114,7 +119,18 @@ def run_watch(args: argparse.Namespace) -> int:
     except CredsyncError as error:
         logger.error(error.reason)
         return EXIT_USAGE
-    return Daemon(pipeline, notifier).run()
+    return Daemon(pipeline, notifier, Liveness(settings.state_dir, SystemdEnvironment())).run()
+
+
+def run_health(args: argparse.Namespace) -> int:
+    """For Docker's HEALTHCHECK: 0 only after the first reconcile and while the watcher lives."""
+    settings = settings_from(args)
+    try:
+        print(check_health(settings.state_dir))
+    except CredsyncError as error:
+        print(f"unhealthy: {error.reason}")
+        return EXIT_REJECTED
+    return EXIT_OK
 
 
 def run_sync(args: argparse.Namespace) -> int:

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from credsync.errors import printable
-from credsync.pipeline import Outcome, Pipeline
+from credsync.health import Liveness
+from credsync.pipeline import Outcome, Pipeline, short_hash
 from credsync.schedule import Schedule
 from credsync.watcher import Callbacks, Watcher
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from credsync.notify import Notifier
 
 WATCH_RETRY_S = 5.0
-WRITE_BACKSTOP_S = 1.0  # read an upload that was written to but never closed (hard links, held-open files)
+WRITE_BACKSTOP_S = 1.0  # read an upload that was written to but not closed (hard links, held-open files)
 UNSETTLED_RECHECK_S = 0.05  # with settle 0, an upload still being written is not re-read in a busy loop
 
 
@@ -51,18 +52,24 @@ class Wakeup:
 
 
 class Daemon:
-    def __init__(self, pipeline: Pipeline, notifier: Notifier | None) -> None:
+    def __init__(self, pipeline: Pipeline, notifier: Notifier | None, liveness: Liveness) -> None:
         self.pipeline = pipeline
         self.notifier = notifier
+        self.liveness = liveness
         self.settings = pipeline.settings
         self.schedule = Schedule(self.settings.settle_ms / 1000)
         self.wakeup = Wakeup()
         self.watcher = Watcher(self.settings.source, Callbacks(self._ready, self._writing, self._lost))
         self._stop_requested = False
         self._rescan_reason: str | None = None
+        self._watching = False
+        # Uploads whose writer has closed them (or renamed them into place) since they were last
+        # read. Anything else is read only by the backstop, and may still be half written.
+        self._closed: set[str] = set()
 
     # Called from the watcher thread or a signal handler: set state, wake the loop, no more.
     def _ready(self, name: str) -> None:
+        self._closed.add(name)
         self.schedule.arm(name)
         self.wakeup.poke()
 
@@ -93,6 +100,7 @@ class Daemon:
         try:
             self._loop()
         finally:
+            self.liveness.stopping()
             self.watcher.stop()
             if self.notifier is not None:
                 self.notifier.stop()
@@ -104,17 +112,18 @@ class Daemon:
     def _loop(self) -> None:
         self._ensure_watching()
         self.reconcile("start-up")
-        logger.bind(watching=self.watcher.healthy()).info("ready")
+        self._watching = self.watcher.healthy()
+        self.liveness.ready(watching=self._watching)
+        logger.bind(watching=self._watching).info("ready")
         next_reconcile = time.monotonic() + self._rescan_interval()
+        next_beat = time.monotonic() + self.liveness.interval_s
         while not self._stop_requested:
             until_due = self.schedule.seconds_until_next()
-            timeout = next_reconcile - time.monotonic()
-            self.wakeup.wait(timeout if until_due is None else min(timeout, until_due))
+            wake_at = min(next_reconcile, next_beat, time.monotonic() + (until_due if until_due is not None else 3600))
+            self.wakeup.wait(wake_at - time.monotonic())
             if self._stop_requested:
                 break
-            reason = self._rescan_reason
-            if reason is None and time.monotonic() >= next_reconcile:
-                reason = "periodic"
+            reason = self._rescan_reason or ("periodic" if time.monotonic() >= next_reconcile else None)
             if reason is not None:
                 self._rescan_reason = None
                 if self._ensure_watching():
@@ -122,6 +131,10 @@ class Daemon:
                 next_reconcile = time.monotonic() + self._rescan_interval()
             for name in self.schedule.take_due():
                 self.handle(name)
+            if time.monotonic() >= next_beat or self.watcher.healthy() != self._watching:
+                self._watching = self.watcher.healthy()
+                self.liveness.beat(watching=self._watching)
+                next_beat = time.monotonic() + self.liveness.interval_s
 
     def _rescan_interval(self) -> float:
         return self.settings.reconcile_s if self.watcher.healthy() else WATCH_RETRY_S
@@ -143,17 +156,21 @@ class Daemon:
     def reconcile(self, reason: str) -> None:
         logger.bind(reason=printable(reason)).debug("reconcile")
         for route in self.pipeline.routes:
-            self.handle(route.upload)
+            self.handle(route.upload, complete=True)
 
-    def handle(self, name: str) -> None:
+    def handle(self, name: str, *, complete: bool = False) -> None:
         if self._stop_requested:
             return
-        result = self.pipeline.process(name)
+        complete = complete or name in self._closed
+        self._closed.discard(name)
+        result = self.pipeline.process(name, complete=complete)
         if result.outcome is Outcome.UNSETTLED:
             self.schedule.arm(name, UNSETTLED_RECHECK_S)
         elif result.outcome is Outcome.FAILED:
             self.schedule.retry(name)
         else:
             self.schedule.succeeded(name)
-        if result.changed_destination and self.notifier is not None:
-            self.notifier.changed(result.name, result.sha256)
+        if result.changed_destination:
+            self.liveness.status(f"{result.outcome.value} {result.name} {short_hash(result.sha256)}")
+            if self.notifier is not None:
+                self.notifier.changed(result.name, result.sha256)

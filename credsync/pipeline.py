@@ -32,6 +32,7 @@ class Outcome(Enum):
     FAILED = "failed"
     MISSING = "missing"
     UNSETTLED = "unsettled"
+    INCOMPLETE = "incomplete"  # read before its writer closed it, and not valid (yet): wait for the close
     IGNORED = "ignored"
 
 
@@ -66,9 +67,11 @@ class Pipeline:
         self.ledger = ledger
         self.dry_run = dry_run
         self._last_logged: dict[str, tuple[Outcome, str]] = {}
-        self._ignored: set[str] = set()
+        self._ignored: set[str] = set(routes.upload_folders())  # folders are not uploads: never logged
 
-    def process(self, name: str) -> Result:
+    def process(self, name: str, *, complete: bool = True) -> Result:
+        """`complete=False`: read before the writer closed it; an invalid file then is most likely
+        still arriving, so it is not reported as rejected (its close brings it back)."""
         route = self.routes.match(name)
         if route is None:
             self._note_ignored(name)
@@ -86,12 +89,14 @@ class Pipeline:
             return self._report(route, Outcome.UNSETTLED, "", unsettled.reason, level="DEBUG")
         except Rejection as rejection:
             return self._report(route, Outcome.REJECTED, "", rejection.reason, level="WARNING")
-        return self._process_upload(route, upload)
+        return self._process_upload(route, upload, complete)
 
-    def _process_upload(self, route: Route, upload: Upload) -> Result:
+    def _process_upload(self, route: Route, upload: Upload, complete: bool) -> Result:
         try:
             summary = validate(route.kind, upload.data, max_bytes=self.settings.max_bytes, now_ms=now_ms())
         except Rejection as rejection:
+            if not complete:
+                return self._report(route, Outcome.INCOMPLETE, upload.sha256, rejection.reason, level="DEBUG")
             return self._report(route, Outcome.REJECTED, upload.sha256, rejection.reason, level="WARNING")
         try:
             current = read_current(route.destination, self.settings.max_bytes)

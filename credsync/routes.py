@@ -50,6 +50,10 @@ class RouteTable:
     def match(self, upload: str) -> Route | None:
         return self._by_upload.get(upload)
 
+    def upload_folders(self) -> set[str]:
+        """Folders inside the source that routes live in (`aws`), and their parents."""
+        return {str(parent) for route in self for parent in PurePosixPath(route.upload).parents if str(parent) != "."}
+
     def destination_dirs(self) -> set[Path]:
         return {route.destination.parent for route in self}
 

@@ -20,6 +20,7 @@ MAX_NESTING = 32
 QUOTABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_ .]{0,40}$")
 JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 BRACKET = re.compile(r"[\[\]{}]")
+AWS_ACCESS_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")  # AWS's documented shape; a cut-off one is short
 TOKEN_TEXT = r"^[\x21-\x7e]+$"  # noqa: S105 - a pattern, not a password  # printable ASCII, no whitespace: it becomes an HTTP header
 
 
@@ -180,6 +181,9 @@ def quote_location(part: str | int) -> str:
 
 
 def parse_ini(text: str) -> configparser.ConfigParser:
+    if not text.endswith("\n"):
+        # Tools write INI files line by line; a last line without its newline was cut short.
+        raise Rejection("INI file does not end with a newline: it looks cut short; upload it again")
     # No interpolation (AWS tools do none) and no DEFAULT magic: every section is ordinary.
     parser = configparser.ConfigParser(interpolation=None, strict=True, default_section="\x00")
     try:
@@ -215,4 +219,8 @@ def validate_aws_credentials(parser: configparser.ConfigParser) -> CredentialSum
         for key in ("aws_access_key_id", "aws_secret_access_key"):
             if not parser.get(section, key, fallback="").strip():
                 raise Rejection(f"profile {quote_name(section)} has no {key}")
+        if not AWS_ACCESS_KEY_ID.match(parser.get(section, "aws_access_key_id").strip()):
+            raise Rejection(
+                f"profile {quote_name(section)}: aws_access_key_id is not 16-128 capital letters and digits"
+            )
     return CredentialSummary("aws-credentials", sections=tuple(parser.sections()))

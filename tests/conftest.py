@@ -9,7 +9,7 @@ import pytest
 from tests.helpers import Folders, WatchProcess, make_folders
 
 # Fixture modules: a real Docker Engine, a real sshd.
-pytest_plugins = ["tests.docker_env"]
+pytest_plugins = ["tests.docker_env", "tests.sshd"]
 
 
 @pytest.fixture(scope="session", autouse=True)

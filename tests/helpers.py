@@ -43,7 +43,7 @@ def claude_credentials(*, expires_in_ms: int = 8 * HOUR_MS, serial: int = 0, **e
 
 
 def aws_credentials() -> bytes:
-    return f"[default]\naws_access_key_id = AKIAFAKE\naws_secret_access_key = {AWS_SECRET}\n".encode()
+    return f"[default]\naws_access_key_id = AKIAFAKEKEY000000000\naws_secret_access_key = {AWS_SECRET}\n".encode()
 
 
 def assert_no_canary(text: str, where: str) -> None:
@@ -116,6 +116,7 @@ class WatchProcess:
 
     folders: Folders
     extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     lines: list[LogLine] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -125,6 +126,7 @@ class WatchProcess:
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
+            env={**os.environ, **self.env},
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

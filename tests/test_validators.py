@@ -121,6 +121,8 @@ def test_a_secret_used_as_a_key_is_not_quoted() -> None:
         ("aws-credentials", b"[a]\naws_access_key_id = x\n", "has no aws_secret_access_key"),
         ("aws-credentials", f"[a]\naws_access_key_id = x\n{AWS_SECRET}\n".encode(), "neither [section] nor key"),
         ("aws-config", b"[default]\nregion = %(home)s\n", "interpolation"),
+        ("aws-config", b"[default]\nregion = eu-we", "does not end with a newline"),
+        ("aws-credentials", b"[a]\naws_access_key_id = AKIA12\naws_secret_access_key = y\n", "16-128 capital"),
     ],
 )
 def test_bad_aws_files_are_rejected_with_a_reason(kind: Kind, data: bytes, expected: str) -> None:
@@ -186,7 +188,8 @@ def test_no_reason_contains_a_piece_of_a_secret_field(
 @settings(max_examples=200, deadline=None)
 @given(secret=secret_text.filter(lambda s: "%" not in s), noise=st.text(max_size=60))
 def test_aws_reasons_never_quote_a_secret(secret: str, noise: str) -> None:
-    data = f"[p]\naws_access_key_id = AKIA\naws_secret_access_key = {secret}\n{noise}\n{secret}\n".encode()
+    text = f"[p]\naws_access_key_id = AKIAFAKEKEY000000000\naws_secret_access_key = {secret}\n{noise}\n{secret}\n"
+    data = text.encode()
     try:
         validate("aws-credentials", data, max_bytes=MAX, now_ms=NOW)
     except Rejection as rejection:

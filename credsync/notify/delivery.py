@@ -27,7 +27,7 @@ class Snapshot:
 
     @classmethod
     def of(cls, container: Container) -> Snapshot:
-        container.reload()
+        """From a freshly fetched container (no extra inspect)."""
         return cls(
             str(container.id),
             str(container.name),
@@ -79,11 +79,11 @@ def verify_survived(client: docker.DockerClient, before: Snapshot, delivered_at:
                 f"container {before.name} reported '{event.get('status', 'die')}' after the notification"
             )
     try:
-        after = Snapshot.of(client.containers.get(before.container_id))
+        container = client.containers.get(before.container_id)
     except docker.errors.NotFound:
         raise DeliveryFailed(f"container {before.name} is gone after the notification") from None
+    after = Snapshot.of(container)
     if (after.started_at, after.restart_count) != (before.started_at, before.restart_count):
         raise DeliveryFailed(f"container {before.name} restarted after the notification")
-    state = client.containers.get(before.container_id).status
-    if state != "running":
-        raise DeliveryFailed(f"container {before.name} is {state} after the notification")
+    if container.status != "running":
+        raise DeliveryFailed(f"container {before.name} is {container.status} after the notification")

@@ -1,0 +1,123 @@
+"""Liveness for supervisors: a health file for Docker's HEALTHCHECK (`credsync health`) and
+sd_notify messages for systemd (READY=1, WATCHDOG=1, STATUS=, STOPPING=1)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from credsync.errors import CredsyncError, PublishError, one_line
+from credsync.publisher import keep_private_copy
+
+HEALTH_FILE = "health.json"
+HEARTBEAT_S = 30.0
+STALE_AFTER_BEATS = 3
+
+
+class SystemdEnvironment(BaseSettings):
+    """What systemd hands a Type=notify service; not credsync settings, so no prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    notify_socket: str | None = None
+    watchdog_usec: int | None = Field(default=None, gt=0)
+    watchdog_pid: int | None = None
+
+
+class SystemdNotify:
+    def __init__(self, socket_path: str) -> None:
+        # A leading "@" names a socket in the abstract namespace.
+        self.address = "\0" + socket_path[1:] if socket_path.startswith("@") else socket_path
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+    def send(self, *assignments: str) -> None:
+        with contextlib.suppress(OSError):  # systemd gone or socket full: never break the daemon for it
+            self._socket.sendto("\n".join(assignments).encode(), self.address)
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+@dataclass(frozen=True)
+class HealthRecord:
+    pid: int
+    ready: bool
+    watching: bool
+    heartbeat_ms: int
+    interval_s: float
+
+
+class Liveness:
+    """The daemon reports here; this writes the health file and talks to systemd."""
+
+    def __init__(self, state_dir: Path, systemd: SystemdEnvironment) -> None:
+        self.health_path = state_dir / HEALTH_FILE
+        watchdog_applies = systemd.watchdog_usec is not None and systemd.watchdog_pid in (None, os.getpid())
+        self.systemd = SystemdNotify(systemd.notify_socket) if systemd.notify_socket else None
+        self.interval_s = HEARTBEAT_S
+        if watchdog_applies and systemd.watchdog_usec is not None:
+            self.interval_s = min(HEARTBEAT_S, systemd.watchdog_usec / 2_000_000)
+        self.uses_watchdog = watchdog_applies and self.systemd is not None
+        self._ready = False
+
+    def ready(self, *, watching: bool) -> None:
+        self._ready = True
+        self._write_health(watching)
+        if self.systemd is not None:
+            self.systemd.send("READY=1", f"STATUS=watching, first reconcile done (pid {os.getpid()})")
+
+    def beat(self, *, watching: bool) -> None:
+        """Called every `interval_s` and whenever the watcher's state changes."""
+        self._write_health(watching)
+        if self.uses_watchdog and self.systemd is not None:
+            self.systemd.send("WATCHDOG=1")  # the loop is alive; a lost watcher shows in STATUS and health
+
+    def _write_health(self, watching: bool) -> None:
+        record = HealthRecord(os.getpid(), self._ready, watching, time.time_ns() // 1_000_000, self.interval_s)
+        with contextlib.suppress(PublishError):  # a full state disk is reported by publishing; health goes stale
+            keep_private_copy(self.health_path, json.dumps(record.__dict__).encode())
+
+    def status(self, text: str) -> None:
+        if self.systemd is not None:
+            self.systemd.send(f"STATUS={one_line(text)}")
+
+    def stopping(self) -> None:
+        if self.systemd is not None:
+            self.systemd.send("STOPPING=1")
+            self.systemd.close()
+        with contextlib.suppress(OSError):
+            self.health_path.unlink()
+
+
+def check_health(state_dir: Path) -> str:
+    """Healthy: the daemon that wrote the file is alive, did its first reconcile, its watcher
+    lives, and its heartbeat is recent. Returns a summary or raises CredsyncError with why not."""
+    path = state_dir / HEALTH_FILE
+    try:
+        record = HealthRecord(**json.loads(path.read_bytes()))
+    except FileNotFoundError:
+        raise CredsyncError(f"no {path}: credsync watch is not running or not ready yet") from None
+    except (OSError, ValueError, TypeError) as error:
+        raise CredsyncError(f"unreadable {path}: {error}") from None
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        raise CredsyncError(f"credsync watch (pid {record.pid}) is not running") from None
+    except PermissionError:
+        pass  # alive, owned by someone else
+    age_s = time.time() - record.heartbeat_ms / 1000
+    if not record.ready:
+        raise CredsyncError("credsync watch has not finished its first reconcile")
+    if not record.watching:
+        raise CredsyncError("the watcher is down: the source folder cannot be watched")
+    if age_s > STALE_AFTER_BEATS * record.interval_s:
+        raise CredsyncError(f"no heartbeat for {age_s:.0f}s: the daemon is stuck")
+    return f"healthy: pid {record.pid}, watching, heartbeat {age_s:.0f}s ago"

@@ -1,0 +1,69 @@
+"""Supervision: `credsync health` for Docker's HEALTHCHECK and sd_notify for systemd, against a
+real notify socket the test listens on."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+from pathlib import Path
+
+from tests.helpers import Folders, WatchProcess, claude_credentials, run_cli, wait_until
+
+
+def health(folders: Folders) -> tuple[int, str]:
+    result = run_cli("health", f"--state-dir={folders.state_dir}", f"--source={folders.source}")
+    return result.returncode, result.stdout.strip()
+
+
+def test_health_follows_the_daemon(folders: Folders) -> None:
+    code, said = health(folders)
+    assert code == 1 and "not running or not ready" in said
+    process = WatchProcess(folders).ready()
+    try:
+        code, said = health(folders)
+        assert code == 0 and said.startswith("healthy: pid")
+        shutil.rmtree(folders.source)
+        process.wait_for("cannot watch the source folder: No such file or directory; retrying every 5s")
+        wait_until(lambda: health(folders)[0] == 1)
+        assert "watcher is down" in health(folders)[1]
+        folders.source.mkdir()
+        process.wait_for("reconcile", count=2, timeout=15)  # the 5-second retry finds it again
+        wait_until(lambda: health(folders)[0] == 0)
+    finally:
+        process.stop()
+    code, said = health(folders)
+    assert code == 1
+
+
+def receive_all(listener: socket.socket) -> list[str]:
+    messages = []
+    listener.setblocking(False)
+    while True:
+        try:
+            messages.append(listener.recv(4096).decode())
+        except BlockingIOError:
+            return messages
+
+
+def test_sd_notify_messages_arrive_in_order(folders: Folders, tmp_path: Path) -> None:
+    address = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(address))
+    env = {"NOTIFY_SOCKET": str(address), "WATCHDOG_USEC": "400000"}
+    process = WatchProcess(folders, ["--settle-ms=0"], env=env).ready()
+    try:
+        listener.settimeout(5)
+        first = listener.recv(4096).decode()
+        assert first.startswith("READY=1\nSTATUS=watching")
+        assert listener.recv(4096).decode() == "WATCHDOG=1"  # every WATCHDOG_USEC / 2
+        folders.upload(".credentials.json", claude_credentials())
+        line = process.wait_for("published")
+    finally:
+        process.stop(signal.SIGTERM)
+    messages = receive_all(listener)
+    listener.close()
+    assert f"STATUS=published .credentials.json {line['sha']}" in messages
+    assert messages[-1] == "STOPPING=1"
+    assert messages.count("STOPPING=1") == 1
+    assert set(messages) - {"WATCHDOG=1", "STOPPING=1"} == {f"STATUS=published .credentials.json {line['sha']}"}
