@@ -54,8 +54,10 @@ def write_temp(folder_fd: int, name: str, data: bytes, uid: int, gid: int, mode:
         while view:
             view = view[os.write(file_fd, view) :]
         os.fsync(file_fd)
+        # Mode first: once the file belongs to someone else, fchmod would need CAP_FOWNER too.
+        # (chown only clears setuid/setgid bits, which a mode here never has.)
+        os.fchmod(file_fd, mode)
         os.fchown(file_fd, uid, gid)
-        os.fchmod(file_fd, mode)  # after chown: chown clears setuid bits, and order matters for mode
     finally:
         os.close(file_fd)
 

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, BeforeValidator, Field, PlainSerializer, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from credsync.errors import ConfigError
 
@@ -48,6 +49,7 @@ def absolute_path(value: object) -> Path:
 
 Owner = Annotated[
     tuple[int, int],
+    NoDecode,  # `1001:1001` in the environment is text, not JSON
     BeforeValidator(parse_owner),
     PlainSerializer(lambda owner: f"{owner[0]}:{owner[1]}", return_type=str),
 ]
@@ -142,6 +144,8 @@ def load_settings(overrides: dict[str, object]) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error)) from None
+    except SettingsError as error:
+        raise ConfigError(f"invalid setting: {error}") from None
 
 
 def describe_validation_error(error: ValidationError) -> str:

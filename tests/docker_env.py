@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import secrets
 import subprocess
 import tarfile
@@ -18,7 +19,8 @@ import pytest
 from docker.models.containers import Container
 
 BUSYBOX_IMAGE = "credsync-test/busybox:latest"
-BUSYBOX_APPLETS = ("sh", "sleep", "cat", "echo", "timeout", "true", "false", "ls", "date", "touch", "wc")
+BUSYBOX_APPLETS = ("sh", "sleep", "cat", "echo", "timeout", "true", "false", "ls", "date", "touch", "wc", "stat")
+WEBHOOK_IMAGE = "credsync-test/webhook:latest"
 TRAP_HUP = 'trap "echo HUP >> /sig/signals" HUP; while :; do sleep 1 & wait $!; done'
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,6 +61,18 @@ def busybox_image(docker_client: docker.DockerClient) -> str:
     repository, tag = BUSYBOX_IMAGE.split(":")
     docker_client.api.import_image_from_data(busybox_rootfs(), repository=repository, tag=tag)
     return BUSYBOX_IMAGE
+
+
+@pytest.fixture(scope="session")
+def webhook_image(docker_client: docker.DockerClient) -> str:
+    """A stand-in for claude-hub's webhook: PID 1 traps HUP and records it in /tmp/signals."""
+    repository, tag = WEBHOOK_IMAGE.split(":")
+    trap = TRAP_HUP.replace("/sig/signals", "/tmp/signals")
+    command = json.dumps(["sh", "-c", trap])
+    docker_client.api.import_image_from_data(
+        busybox_rootfs(), repository=repository, tag=tag, changes=[f"CMD {command}"]
+    )
+    return WEBHOOK_IMAGE
 
 
 @dataclass

@@ -44,8 +44,18 @@ def test_bad_settings_name_the_variable_and_the_flag(overrides: dict[str, object
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CREDSYNC_SETTLE_MS", "0")
     monkeypatch.setenv("CREDSYNC_AWS_DIR", "/srv/aws")
+    monkeypatch.setenv("CREDSYNC_OWNER", "1000:1000")
+    monkeypatch.setenv("CREDSYNC_AWS_OWNER", "0")
+    monkeypatch.setenv("CREDSYNC_MODE", "0640")
+    monkeypatch.setenv("CREDSYNC_NOTIFY_SIGNAL", "USR1")
     parsed = settings()
     assert parsed.settle_ms == 0 and parsed.aws_dir == Path("/srv/aws")
+    assert (parsed.owner, parsed.aws_owner, parsed.mode, parsed.notify_signal) == (
+        (1000, 1000),
+        (0, 0),
+        0o640,
+        "SIGUSR1",
+    )
     assert settings(settle_ms="7").settle_ms == 7  # a flag wins over the environment
 
 
