@@ -7,6 +7,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,14 +15,16 @@ from loguru import logger
 
 from credsync import __version__
 from credsync.errors import ConfigError, CredsyncError, Rejection, UploadMissing, UploadUnsettled, printable
+from credsync.events import Events
 from credsync.health import Liveness, SystemdEnvironment, check_health
 from credsync.intake import read_upload
 from credsync.ledger import Ledger
 from credsync.logs import configure_logging
-from credsync.pipeline import Outcome, Pipeline, Result, now_ms
+from credsync.pipeline import Outcome, Pipeline, Result
 from credsync.publisher import ensure_private_folder, remove_stale_temps
 from credsync.routes import KINDS, Kind, kind_for_filename, load_routes
 from credsync.settings import Settings, load_settings
+from credsync.timefmt import now_ms
 from credsync.validators import CredentialSummary, validate
 
 if TYPE_CHECKING:
@@ -99,27 +102,47 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def prepare(settings: Settings, *, dry_run: bool) -> Pipeline:
+def prepare(settings: Settings, *, dry_run: bool, events: Events | None = None) -> Pipeline:
     """Routes, state folder, ledger; and temp files a crash left in destination folders."""
     routes = load_routes(settings)
     if not dry_run:
         ensure_private_folder(settings.state_dir)
         for path in remove_stale_temps(routes.destination_dirs()):
             logger.bind(path=str(path)).info("removed a temp file left by an interrupted publish")
-    return Pipeline(settings, routes, Ledger(settings.state_dir), dry_run=dry_run)
+    return Pipeline(settings, routes, Ledger(settings.state_dir), dry_run=dry_run, events=events)
 
 
 def run_watch(args: argparse.Namespace) -> int:
     from credsync.daemon import Daemon
 
     settings = settings_from(args)
+    events, server = start_metrics(settings)
     try:
-        pipeline = prepare(settings, dry_run=False)
-        notifier = build_notifier(settings)
+        pipeline = prepare(settings, dry_run=False, events=events)
+        notifier = build_notifier(settings, events)
+        return Daemon(pipeline, notifier, Liveness(settings.state_dir, SystemdEnvironment(), events)).run()
     except CredsyncError as error:
         logger.error(error.reason)
         return EXIT_USAGE
-    return Daemon(pipeline, notifier, Liveness(settings.state_dir, SystemdEnvironment())).run()
+    finally:
+        if server is not None:
+            server.shutdown()
+
+
+def start_metrics(settings: Settings) -> tuple[Events, ThreadingHTTPServer | None]:
+    """Counting and serving only when CREDSYNC_HTTP asks for it (prometheus-client costs start-up time)."""
+    if settings.http is None:
+        return Events(), None
+    from credsync.metrics import PrometheusEvents, serve
+
+    events = PrometheusEvents()
+    host, port = settings.http
+    try:
+        server = serve(events, host, port)
+    except OSError as error:
+        raise ConfigError(f"CREDSYNC_HTTP {host}:{port}: {error.strerror}") from None
+    logger.bind(http=f"{host}:{port}").info("serving /healthz and /metrics")
+    return events, server
 
 
 def run_health(args: argparse.Namespace) -> int:
@@ -151,13 +174,13 @@ def run_sync(args: argparse.Namespace) -> int:
     return EXIT_OK if notified else EXIT_NOTIFY_FAILED
 
 
-def build_notifier(settings: Settings) -> Notifier | None:
+def build_notifier(settings: Settings, events: Events | None = None) -> Notifier | None:
     """None when there is no one to tell: then the Docker SDK is never imported (time, memory)."""
     if not settings.notifies:
         return None
     from credsync.notify import Notifier
 
-    return Notifier(settings)
+    return Notifier(settings, events)
 
 
 def notify_now(settings: Settings, changed: dict[str, str], *, dry_run: bool) -> bool:
@@ -214,5 +237,5 @@ def validate_file(path: Path, kind: Kind, max_bytes: int) -> CredentialSummary:
     try:
         upload = read_upload(path.parent, path.name, max_bytes=max_bytes, settle_ns=0)
     except UploadUnsettled:
-        raise Rejection("file changed while being read") from None
+        raise Rejection("file changed while being read", code="changed") from None
     return validate(kind, upload.data, max_bytes=max_bytes, now_ms=now_ms())

@@ -59,7 +59,10 @@ class Daemon:
         self.settings = pipeline.settings
         self.schedule = Schedule(self.settings.settle_ms / 1000)
         self.wakeup = Wakeup()
-        self.watcher = Watcher(self.settings.source, Callbacks(self._ready, self._writing, self._lost))
+        destinations = {route.destination: route.upload for route in pipeline.routes}
+        callbacks = Callbacks(self._ready, self._writing, self._lost, self._rewritten)
+        self.watcher = Watcher(self.settings.source, destinations, callbacks)
+        self.consumer_checks = Schedule(self.settings.settle_ms / 1000)
         self._stop_requested = False
         self._rescan_reason: str | None = None
         self._watching = False
@@ -75,6 +78,10 @@ class Daemon:
 
     def _writing(self, name: str) -> None:
         self.schedule.expect(name, WRITE_BACKSTOP_S)
+        self.wakeup.poke()
+
+    def _rewritten(self, name: str) -> None:
+        self.consumer_checks.arm(name)
         self.wakeup.poke()
 
     def _lost(self, reason: str) -> None:
@@ -118,8 +125,12 @@ class Daemon:
         next_reconcile = time.monotonic() + self._rescan_interval()
         next_beat = time.monotonic() + self.liveness.interval_s
         while not self._stop_requested:
-            until_due = self.schedule.seconds_until_next()
-            wake_at = min(next_reconcile, next_beat, time.monotonic() + (until_due if until_due is not None else 3600))
+            dues = [
+                due
+                for due in (self.schedule.seconds_until_next(), self.consumer_checks.seconds_until_next())
+                if due is not None
+            ]
+            wake_at = min(next_reconcile, next_beat, time.monotonic() + min(dues, default=3600.0))
             self.wakeup.wait(wake_at - time.monotonic())
             if self._stop_requested:
                 break
@@ -131,6 +142,10 @@ class Daemon:
                 next_reconcile = time.monotonic() + self._rescan_interval()
             for name in self.schedule.take_due():
                 self.handle(name)
+            for name in self.consumer_checks.take_due():
+                route = self.pipeline.routes.match(name)
+                if route is not None:
+                    self.pipeline.consumer.rewritten(route)
             if time.monotonic() >= next_beat or self.watcher.healthy() != self._watching:
                 self._watching = self.watcher.healthy()
                 self.liveness.beat(watching=self._watching)

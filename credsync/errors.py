@@ -20,7 +20,12 @@ class ConfigError(CredsyncError):
 
 
 class Rejection(CredsyncError):
-    """An upload is not acceptable and will not be published."""
+    """An upload is not acceptable and will not be published. `code` is a short, fixed name
+    for the kind of problem (a metrics label); `reason` is the one-line explanation."""
+
+    def __init__(self, reason: str, code: str = "invalid") -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 class UploadMissing(CredsyncError):

@@ -15,6 +15,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from credsync.errors import CredsyncError, PublishError, one_line
+from credsync.events import Events
 from credsync.publisher import keep_private_copy
 
 HEALTH_FILE = "health.json"
@@ -58,8 +59,9 @@ class HealthRecord:
 class Liveness:
     """The daemon reports here; this writes the health file and talks to systemd."""
 
-    def __init__(self, state_dir: Path, systemd: SystemdEnvironment) -> None:
+    def __init__(self, state_dir: Path, systemd: SystemdEnvironment, events: Events) -> None:
         self.health_path = state_dir / HEALTH_FILE
+        self.events = events
         watchdog_applies = systemd.watchdog_usec is not None and systemd.watchdog_pid in (None, os.getpid())
         self.systemd = SystemdNotify(systemd.notify_socket) if systemd.notify_socket else None
         self.interval_s = HEARTBEAT_S
@@ -81,6 +83,7 @@ class Liveness:
             self.systemd.send("WATCHDOG=1")  # the loop is alive; a lost watcher shows in STATUS and health
 
     def _write_health(self, watching: bool) -> None:
+        self.events.health(ready=self._ready, watching=watching)
         record = HealthRecord(os.getpid(), self._ready, watching, time.time_ns() // 1_000_000, self.interval_s)
         with contextlib.suppress(PublishError):  # a full state disk is reported by publishing; health goes stale
             keep_private_copy(self.health_path, json.dumps(record.__dict__).encode())
@@ -90,6 +93,7 @@ class Liveness:
             self.systemd.send(f"STATUS={one_line(text)}")
 
     def stopping(self) -> None:
+        self.events.health(ready=False, watching=False)
         if self.systemd is not None:
             self.systemd.send("STOPPING=1")
             self.systemd.close()

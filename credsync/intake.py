@@ -30,7 +30,7 @@ class Upload:
     name: str
     data: bytes
     sha256: str
-    mtime_ns: int
+    changed_ns: int  # ctime: the last write, rename or chmod, as the kernel saw it
 
 
 def read_upload(source: Path, name: str, *, max_bytes: int, settle_ns: int) -> Upload:
@@ -57,8 +57,10 @@ def open_parent(source: Path, name: str) -> int:
         except OSError as error:
             os.close(folder_fd)
             if error.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise Rejection(f"folder {part!r} is a symlink or not a folder; credsync follows no links") from None
-            raise Rejection(f"cannot open folder {part!r}: {error.strerror}") from None
+                raise Rejection(
+                    f"folder {part!r} is a symlink or not a folder; credsync follows no links", code="symlink"
+                ) from None
+            raise Rejection(f"cannot open folder {part!r}: {error.strerror}", code="unreadable") from None
         os.close(folder_fd)
         folder_fd = child_fd
     return folder_fd
@@ -80,7 +82,7 @@ def read_settled_file(folder_fd: int, name: str, max_bytes: int, settle_ns: int)
     except FileNotFoundError:
         raise UploadMissing("upload vanished before it could be opened") from None
     except OSError as error:
-        raise Rejection(f"cannot open upload: {error.strerror}") from None
+        raise Rejection(f"cannot open upload: {error.strerror}", code="unreadable") from None
     try:
         opened = os.fstat(file_fd)
         if (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino):
@@ -91,23 +93,24 @@ def read_settled_file(folder_fd: int, name: str, max_bytes: int, settle_ns: int)
     finally:
         os.close(file_fd)
     if len(data) > max_bytes:
-        raise Rejection(f"upload grew past the limit of {max_bytes} bytes while being read")
+        raise Rejection(f"upload grew past the limit of {max_bytes} bytes while being read", code="too-large")
     if (after.st_size, after.st_mtime_ns) != (opened.st_size, opened.st_mtime_ns) or len(data) != after.st_size:
         raise UploadUnsettled("upload changed while being read")
-    return Upload(name, data, hashlib.sha256(data).hexdigest(), after.st_mtime_ns)
+    return Upload(name, data, hashlib.sha256(data).hexdigest(), after.st_ctime_ns)
 
 
 def check_shape(info: os.stat_result, max_bytes: int) -> None:
     """Regular file, one link, within the size cap: judged from metadata, before any read."""
     kind = FILE_TYPES.get(stat.S_IFMT(info.st_mode))
     if kind is not None:
-        raise Rejection(f"upload is {kind}, not a regular file")
+        code = "symlink" if stat.S_ISLNK(info.st_mode) else "not-regular-file"
+        raise Rejection(f"upload is {kind}, not a regular file", code=code)
     if not stat.S_ISREG(info.st_mode):
-        raise Rejection("upload is not a regular file")
+        raise Rejection("upload is not a regular file", code="not-regular-file")
     if info.st_nlink != 1:
-        raise Rejection(f"upload has {info.st_nlink} hard links; copy it instead of linking")
+        raise Rejection(f"upload has {info.st_nlink} hard links; copy it instead of linking", code="hard-link")
     if info.st_size > max_bytes:
-        raise Rejection(f"upload is {info.st_size} bytes, over the limit of {max_bytes}")
+        raise Rejection(f"upload is {info.st_size} bytes, over the limit of {max_bytes}", code="too-large")
 
 
 def read_at_most(fd: int, limit: int) -> bytes:

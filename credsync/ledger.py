@@ -5,7 +5,7 @@ change."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from loguru import logger
@@ -22,6 +22,9 @@ class Entry:
     size: int
     destination: str
     published_at_ms: int
+    # The consumer's own rewrite of the destination since (Claude refreshing its tokens).
+    consumer_sha256: str | None = None
+    consumer_seen_at_ms: int | None = None
 
 
 class LedgerFile(BaseModel):
@@ -49,5 +52,13 @@ class Ledger:
 
     def record(self, upload: str, entry: Entry) -> None:
         self._routes[upload] = entry
+        self._save()
+
+    def record_consumer_change(self, upload: str, sha256: str, at_ms: int) -> None:
+        entry = self._routes.get(upload)
+        if entry is not None:
+            self.record(upload, replace(entry, consumer_sha256=sha256, consumer_seen_at_ms=at_ms))
+
+    def _save(self) -> None:
         document = {"version": 1, "routes": {name: asdict(item) for name, item in sorted(self._routes.items())}}
         keep_private_copy(self.path, json.dumps(document, indent=1).encode() + b"\n")

@@ -10,13 +10,16 @@ from enum import Enum
 
 from loguru import logger
 
+from credsync.consumer_view import ConsumerView
 from credsync.decide import Action, decide
 from credsync.errors import PublishError, Rejection, UploadMissing, UploadUnsettled, printable
+from credsync.events import Events
 from credsync.intake import Upload, read_upload
 from credsync.ledger import Entry, Ledger
 from credsync.publisher import keep_private_copy, read_current, write_atomically
 from credsync.routes import Route, RouteTable, is_rsync_temp
 from credsync.settings import Settings
+from credsync.timefmt import now_ms
 from credsync.validators import CredentialSummary, is_sound, validate
 
 HASH_PREFIX = 12
@@ -50,6 +53,7 @@ class Result:
     outcome: Outcome
     sha256: str = ""
     reason: str = ""
+    newly_logged: bool = True  # False when the same decision on the same bytes was logged before
 
     @property
     def changed_destination(self) -> bool:
@@ -61,11 +65,21 @@ def short_hash(sha256_hex: str) -> str:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, routes: RouteTable, ledger: Ledger, *, dry_run: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        routes: RouteTable,
+        ledger: Ledger,
+        *,
+        dry_run: bool = False,
+        events: Events | None = None,
+    ) -> None:
         self.settings = settings
         self.routes = routes
         self.ledger = ledger
         self.dry_run = dry_run
+        self.events = events or Events()
+        self.consumer = ConsumerView(settings, ledger, self.events)
         self._last_logged: dict[str, tuple[Outcome, str]] = {}
         self._ignored: set[str] = set(routes.upload_folders())  # folders are not uploads: never logged
 
@@ -88,7 +102,7 @@ class Pipeline:
         except UploadUnsettled as unsettled:
             return self._report(route, Outcome.UNSETTLED, "", unsettled.reason, level="DEBUG")
         except Rejection as rejection:
-            return self._report(route, Outcome.REJECTED, "", rejection.reason, level="WARNING")
+            return self._reject(route, "", rejection)
         return self._process_upload(route, upload, complete)
 
     def _process_upload(self, route: Route, upload: Upload, complete: bool) -> Result:
@@ -97,20 +111,36 @@ class Pipeline:
         except Rejection as rejection:
             if not complete:
                 return self._report(route, Outcome.INCOMPLETE, upload.sha256, rejection.reason, level="DEBUG")
-            return self._report(route, Outcome.REJECTED, upload.sha256, rejection.reason, level="WARNING")
+            return self._reject(route, upload.sha256, rejection)
         try:
             current = read_current(route.destination, self.settings.max_bytes)
             action = self._decide(route, upload, current)
             if action in (Action.PUBLISH, Action.REPAIR) and not self.dry_run:
                 self._publish(route, upload, current)
         except PublishError as error:
-            return self._report(route, Outcome.FAILED, upload.sha256, error.reason, level="ERROR")
+            result = self._report(route, Outcome.FAILED, upload.sha256, error.reason, level="ERROR")
+            if result.newly_logged:
+                self.events.publish_failed(route.upload)
+            return result
         outcome = OUTCOME_OF_ACTION[action]
         if outcome is Outcome.KEPT_CONSUMER:
             reason = "the consumer rewrote the destination since this upload was published; upload anew to replace it"
-            return self._report(route, outcome, upload.sha256, reason, level="WARNING")
-        self._log_warnings(route, upload, summary)
-        return self._report(route, outcome, upload.sha256, "", level="INFO", size=len(upload.data))
+            result = self._report(route, outcome, upload.sha256, reason, level="WARNING")
+        else:
+            self._log_warnings(route, upload, summary)
+            result = self._report(route, outcome, upload.sha256, "", level="INFO", size=len(upload.data))
+        if result.changed_destination and not self.dry_run:
+            self.events.published(route.upload, outcome.value, (time.time_ns() - upload.changed_ns) / 1e9)
+        if not self.dry_run:
+            held = current if outcome is Outcome.KEPT_CONSUMER else upload.data
+            self.consumer.assess(route, held or b"")
+        return result
+
+    def _reject(self, route: Route, sha256: str, rejection: Rejection) -> Result:
+        result = self._report(route, Outcome.REJECTED, sha256, rejection.reason, level="WARNING")
+        if result.newly_logged:
+            self.events.rejected(route.upload, rejection.code)
+        return result
 
     def _decide(self, route: Route, upload: Upload, current: bytes | None) -> Action:
         last = self.ledger.last(route.upload)
@@ -153,7 +183,7 @@ class Pipeline:
         if self.dry_run:
             fields["dry_run"] = True
         logger.bind(**fields).log("DEBUG" if repeated else level, outcome.value)
-        return Result(route.upload, outcome, sha256, reason)
+        return Result(route.upload, outcome, sha256, reason, newly_logged=not repeated)
 
     def _note_ignored(self, name: str) -> None:
         if is_rsync_temp(name) or name in self._ignored:
@@ -162,7 +192,3 @@ class Pipeline:
             self._ignored.clear()
         self._ignored.add(name)
         logger.bind(upload=printable(name)).debug("ignored: no route for this name")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000

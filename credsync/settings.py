@@ -70,6 +70,23 @@ def parse_signal(value: object) -> str:
 
 
 SignalName = Annotated[str, BeforeValidator(parse_signal)]
+
+
+def parse_listen_address(value: object) -> tuple[str, int]:
+    if isinstance(value, tuple):
+        return value
+    host, colon, port = str(value).strip().rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be HOST:PORT such as 127.0.0.1:9817, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+ListenAddress = Annotated[
+    tuple[str, int],
+    NoDecode,
+    BeforeValidator(parse_listen_address),
+    PlainSerializer(lambda address: f"{address[0]}:{address[1]}", return_type=str),
+]
 NotifyMode = Literal["auto", "signal", "exec", "http", "none"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
@@ -105,6 +122,11 @@ class Settings(BaseSettings):
     debounce_ms: int = Field(500, ge=0, le=60_000, description="quiet time after a publication before notifying")
     debounce_max_ms: int = Field(5000, ge=0, le=600_000, description="longest a notification waits in a burst")
     docker_host: str = Field("unix:///var/run/docker.sock", description="Docker Engine API address")
+    http: ListenAddress | None = Field(None, description="HOST:PORT for /healthz and /metrics (off when unset)")
+    expiry_warn_hours: int = Field(72, ge=0, le=24 * 365, description="warn this long before a refresh token expires")
+    host_dir_variable: str = Field(
+        "CLAUDE_AUTH_HOST_DIR", description="consumer variable that must hold a volume's host path (doctor)"
+    )
 
     @property
     def notifies(self) -> bool:

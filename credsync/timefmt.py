@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
 
 def relative(target_ms: int, now_ms: int) -> str:
     """`in 7h 59m` or `3h 2m ago`: coarse on purpose, operators read it at a glance."""

@@ -81,32 +81,34 @@ def is_sound(kind: Kind, data: bytes, *, max_bytes: int) -> bool:
 
 def decode_text(data: bytes, max_bytes: int) -> str:
     if not data.strip():
-        raise Rejection("file is empty")
+        raise Rejection("file is empty", code="empty")
     if len(data) > max_bytes:
-        raise Rejection(f"file is {len(data)} bytes, over the limit of {max_bytes}")
+        raise Rejection(f"file is {len(data)} bytes, over the limit of {max_bytes}", code="too-large")
     if b"\x00" in data:
-        raise Rejection("file contains NUL bytes")
+        raise Rejection("file contains NUL bytes", code="nul-bytes")
     if data.startswith(b"\xef\xbb\xbf"):
-        raise Rejection("file starts with a UTF-8 byte order mark; save it without BOM")
+        raise Rejection("file starts with a UTF-8 byte order mark; save it without BOM", code="bom")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise Rejection(f"file is not valid UTF-8 (byte {error.start})") from None
+        raise Rejection(f"file is not valid UTF-8 (byte {error.start})", code="not-utf8") from None
 
 
 def parse_json_object(text: str) -> dict[str, Any]:
     if nesting_depth(text) > MAX_NESTING:
-        raise Rejection(f"JSON nests deeper than {MAX_NESTING} levels")
+        raise Rejection(f"JSON nests deeper than {MAX_NESTING} levels", code="nesting")
     try:
         document = json.loads(text, object_pairs_hook=reject_duplicate_keys, parse_constant=reject_constant)
     except json.JSONDecodeError as error:
-        raise Rejection(f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+        raise Rejection(
+            f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}", code="not-json"
+        ) from None
     except RecursionError:
-        raise Rejection("JSON nests too deeply") from None
+        raise Rejection("JSON nests too deeply", code="nesting") from None
     except ValueError:  # int() refuses numbers of more than 4300 digits
-        raise Rejection("JSON holds a number too large to read") from None
+        raise Rejection("JSON holds a number too large to read", code="huge-number") from None
     if not isinstance(document, dict):
-        raise Rejection(f"JSON top level is {json_type(document)}, expected an object")
+        raise Rejection(f"JSON top level is {json_type(document)}, expected an object", code="not-object")
     return document
 
 
@@ -123,13 +125,13 @@ def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     document: dict[str, Any] = {}
     for key, value in pairs:
         if key in document:
-            raise Rejection(f"JSON object has the key {quote_name(key)} twice")
+            raise Rejection(f"JSON object has the key {quote_name(key)} twice", code="duplicate-key")
         document[key] = value
     return document
 
 
 def reject_constant(name: str) -> None:
-    raise Rejection(f"JSON holds {name}, which is not valid JSON")
+    raise Rejection(f"JSON holds {name}, which is not valid JSON", code="not-json")
 
 
 def json_type(value: object) -> str:
@@ -145,7 +147,7 @@ def validate_claude_oauth(document: dict[str, Any], now_ms: int) -> CredentialSu
     try:
         oauth = ClaudeCredentialsFile.model_validate(document).claudeAiOauth
     except ValidationError as error:
-        raise Rejection(describe_model_error(error)) from None
+        raise Rejection(describe_model_error(error), code="schema") from None
     warnings = []
     access_expired = oauth.expiresAt <= now_ms
     if access_expired:
@@ -155,7 +157,8 @@ def validate_claude_oauth(document: dict[str, Any], now_ms: int) -> CredentialSu
         if access_expired:
             raise Rejection(
                 f"access and refresh tokens have both expired (refresh token {relative(refresh_expiry, now_ms)});"
-                " log in again and upload the new file"
+                " log in again and upload the new file",
+                code="expired",
             )
         warnings.append(f"refresh token expired {relative(refresh_expiry, now_ms)}; log in again soon")
     return CredentialSummary(
@@ -183,33 +186,39 @@ def quote_location(part: str | int) -> str:
 def parse_ini(text: str) -> configparser.ConfigParser:
     if not text.endswith("\n"):
         # Tools write INI files line by line; a last line without its newline was cut short.
-        raise Rejection("INI file does not end with a newline: it looks cut short; upload it again")
+        raise Rejection("INI file does not end with a newline: it looks cut short; upload it again", code="truncated")
     # No interpolation (AWS tools do none) and no DEFAULT magic: every section is ordinary.
     parser = configparser.ConfigParser(interpolation=None, strict=True, default_section="\x00")
     try:
         parser.read_string(text)
     except configparser.MissingSectionHeaderError as error:
-        raise Rejection(f"INI line {error.lineno} comes before any [section]") from None
+        raise Rejection(f"INI line {error.lineno} comes before any [section]", code="not-ini") from None
     except configparser.DuplicateSectionError as error:
-        raise Rejection(f"INI section {quote_name(error.section)} appears twice (line {error.lineno})") from None
+        raise Rejection(
+            f"INI section {quote_name(error.section)} appears twice (line {error.lineno})", code="duplicate-section"
+        ) from None
     except configparser.DuplicateOptionError as error:
         raise Rejection(
             f"INI key {quote_name(error.option)} appears twice in section {quote_name(error.section)}"
-            f" (line {error.lineno})"
+            f" (line {error.lineno})",
+            code="duplicate-key",
         ) from None
     except configparser.ParsingError as error:
         lines = ", ".join(str(lineno) for lineno, _ in error.errors[:5])
-        raise Rejection(f"INI has lines that are neither [section] nor key = value (line {lines})") from None
+        raise Rejection(
+            f"INI has lines that are neither [section] nor key = value (line {lines})", code="not-ini"
+        ) from None
     except configparser.Error:
-        raise Rejection("not a valid INI file") from None
+        raise Rejection("not a valid INI file", code="not-ini") from None
     if not parser.sections():
-        raise Rejection("INI file has no [section]")
+        raise Rejection("INI file has no [section]", code="no-section")
     for section in parser.sections():
         for key, value in parser.items(section):
             if "%(" in value:
                 raise Rejection(
                     f"INI key {quote_name(key)} in section {quote_name(section)} uses %(...) interpolation,"
-                    " which AWS tools do not expand"
+                    " which AWS tools do not expand",
+                    code="interpolation",
                 )
     return parser
 
@@ -218,9 +227,10 @@ def validate_aws_credentials(parser: configparser.ConfigParser) -> CredentialSum
     for section in parser.sections():
         for key in ("aws_access_key_id", "aws_secret_access_key"):
             if not parser.get(section, key, fallback="").strip():
-                raise Rejection(f"profile {quote_name(section)} has no {key}")
+                raise Rejection(f"profile {quote_name(section)} has no {key}", code="missing-key")
         if not AWS_ACCESS_KEY_ID.match(parser.get(section, "aws_access_key_id").strip()):
             raise Rejection(
-                f"profile {quote_name(section)}: aws_access_key_id is not 16-128 capital letters and digits"
+                f"profile {quote_name(section)}: aws_access_key_id is not 16-128 capital letters and digits",
+                code="schema",
             )
     return CredentialSummary("aws-credentials", sections=tuple(parser.sections()))

@@ -1,6 +1,8 @@
 """The watcher: watchdog's inotify observer on the source folder, turned into two calls —
 `ready(name)` when an upload may be complete and `writing(name)` while it is still being
-written — plus `lost(reason)` when events may have been missed and a rescan is due."""
+written — plus `lost(reason)` when events may have been missed and a rescan is due. It also
+watches the destination folders, calling `rewritten(name)` when a published file changes
+there (the consumer refreshing its credentials, or credsync's own publication)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from loguru import logger
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
@@ -23,6 +26,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 WATCHED_EVENTS: list[type[FileSystemEvent]] = [
     FileClosedEvent,
@@ -40,6 +44,7 @@ class Callbacks:
     ready: Callable[[str], None]
     writing: Callable[[str], None]
     lost: Callable[[str], None]
+    rewritten: Callable[[str], None]
 
 
 class UploadEventHandler(FileSystemEventHandler):
@@ -61,6 +66,19 @@ class UploadEventHandler(FileSystemEventHandler):
             self.callbacks.writing(name)
         else:
             self.callbacks.ready(name)
+
+
+class DestinationEventHandler(FileSystemEventHandler):
+    """Close-after-write or rename onto a published file's path, by anyone."""
+
+    def __init__(self, uploads_by_destination: dict[str, str], rewritten: Callable[[str], None]) -> None:
+        self.uploads_by_destination = uploads_by_destination
+        self.rewritten = rewritten
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        upload = self.uploads_by_destination.get(os.fsdecode(event.dest_path or event.src_path))
+        if upload is not None:
+            self.rewritten(upload)
 
 
 def relative_name(source: str, path: str) -> str | None:
@@ -91,10 +109,12 @@ class WatchdogTrouble(logging.Handler):
 
 
 class Watcher:
-    def __init__(self, source: Path, callbacks: Callbacks) -> None:
+    def __init__(self, source: Path, destinations: dict[Path, str], callbacks: Callbacks) -> None:
+        """`destinations`: published file path → its upload name."""
         self.source = source
+        self.destinations = {os.fspath(path): upload for path, upload in destinations.items()}
         self.callbacks = callbacks
-        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._observer: BaseObserver | None = None
         self._watched_inode: tuple[int, int] | None = None
         self._trouble = WatchdogTrouble(callbacks.lost)
 
@@ -108,10 +128,20 @@ class Watcher:
             recursive=True,
             event_filter=WATCHED_EVENTS,
         )
+        self._watch_destinations(observer)
         logging.getLogger("watchdog").addHandler(self._trouble)
         observer.start()
         self._observer = observer
         self._watched_inode = (info.st_dev, info.st_ino)
+
+    def _watch_destinations(self, observer: BaseObserver) -> None:
+        handler = DestinationEventHandler(self.destinations, self.callbacks.rewritten)
+        for folder in sorted({os.path.dirname(path) for path in self.destinations}):
+            try:
+                observer.schedule(handler, folder, recursive=False, event_filter=[FileClosedEvent, FileMovedEvent])
+            except OSError as error:
+                # Consumer-side changes then show at the next rescan instead; publishing is unaffected.
+                logger.bind(folder=folder).warning(f"cannot watch a destination folder: {error.strerror}")
 
     def healthy(self) -> bool:
         """Still watching the folder that is at the source path now (not a deleted one)."""

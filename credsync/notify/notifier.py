@@ -4,6 +4,8 @@ backoff until it is delivered. Publishing never waits for it."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
 import time
 import urllib.error
@@ -16,15 +18,19 @@ import requests
 from docker.models.containers import Container
 from loguru import logger
 
-from credsync.errors import ConfigError, printable
+from credsync.errors import ConfigError, PublishError, printable
+from credsync.events import Events
 from credsync.notify.delivery import DeliveryFailed, Snapshot, post_http, run_exec, send_signal, verify_survived
 from credsync.notify.pending import Pending
 from credsync.notify.proc_readers import ProcReadError, reader_for
 from credsync.notify.procstatus import receiver_verdict
 from credsync.notify.targets import TargetSpec, own_compose_project, parse_target, resolve
+from credsync.publisher import keep_private_copy
 from credsync.settings import Settings
+from credsync.timefmt import now_ms
 
 HASH_PREFIX = 12
+NOTIFICATION_FILE = "notification.json"  # the last notification's outcome, for `credsync status`
 
 
 class Delivery(IntEnum):
@@ -48,8 +54,9 @@ TRANSIENT_ERRORS = (
 
 
 class Notifier:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, events: Events | None = None) -> None:
         self.settings = settings
+        self.events = events or Events()
         self.mode = settings.notify
         self.spec: TargetSpec | None = parse_target(settings.notify_target) if settings.notify_target else None
         self._pending = Pending(settings.debounce_ms / 1000, settings.debounce_max_ms / 1000, time.monotonic)
@@ -74,6 +81,7 @@ class Notifier:
         """A destination changed: notify after the debounce. Never blocks on Docker."""
         with self._changed:
             self._pending.add(route, sha256)
+            self.events.pending_notifications(len(self._pending.changes))
             self._changed.notify()
 
     def _run(self) -> None:
@@ -94,9 +102,19 @@ class Notifier:
                 else:
                     delay = self._pending.failed(batch)
                     logger.bind(retry_in_s=delay, routes=describe_batch(batch)).debug("notification pending")
+                self.events.pending_notifications(len(self._pending.changes))
 
     def deliver(self, batch: Mapping[str, str]) -> Delivery:
-        """One attempt at telling every target about the batch."""
+        """One attempt at telling every target about the batch; the outcome is recorded for
+        `credsync status` and counted."""
+        outcome = self._attempt(batch)
+        self.events.notification(outcome.name.lower())
+        record = {"at_ms": now_ms(), "result": outcome.name.lower(), "routes": describe_batch(batch)}
+        with contextlib.suppress(PublishError):  # status then shows an older result; publishing goes on
+            keep_private_copy(self.settings.state_dir / NOTIFICATION_FILE, json.dumps(record).encode())
+        return outcome
+
+    def _attempt(self, batch: Mapping[str, str]) -> Delivery:
         try:
             client = self._docker()
             targets = self._targets(client)

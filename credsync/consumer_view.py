@@ -1,0 +1,60 @@
+"""The consumer's side of a published credential: what it holds now, whether that will keep
+working, and whether the consumer rewrote it. Reports to the log (each problem once) and to
+the event counters; never writes a destination."""
+
+from __future__ import annotations
+
+import hashlib
+
+from loguru import logger
+
+from credsync.credential_health import claude_health
+from credsync.events import Events
+from credsync.ledger import Ledger
+from credsync.publisher import read_current
+from credsync.routes import Route
+from credsync.settings import Settings
+from credsync.timefmt import now_ms
+
+HASH_PREFIX = 12
+
+
+class ConsumerView:
+    def __init__(self, settings: Settings, ledger: Ledger, events: Events) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.events = events
+        self._said: set[tuple[str, str, str]] = set()
+
+    def assess(self, route: Route, data: bytes) -> None:
+        """Expiry and refresh problems of what the consumer holds (`data`), each warned once."""
+        if route.kind != "claude-oauth":
+            return
+        health = claude_health(data)
+        if health is None:
+            return
+        self.events.credential(route.upload, health.access_expires_ms, health.refresh_expires_ms)
+        problems = health.problems(now_ms(), self.settings.expiry_warn_hours * 3_600_000)
+        self.events.needs_login(route.upload, bool(problems))
+        sha = hashlib.sha256(data).hexdigest()[:HASH_PREFIX]
+        for problem in problems:
+            key = (route.upload, sha, problem.code)
+            if key not in self._said:
+                self._said.add(key)
+                logger.bind(route=route.upload, sha=sha, problem=problem.code).warning(problem.advice)
+
+    def rewritten(self, route: Route) -> None:
+        """A destination changed on disk: if not by credsync, record and assess the consumer's version."""
+        data = read_current(route.destination, self.settings.max_bytes)
+        entry = self.ledger.last(route.upload)
+        if data is None or entry is None:
+            return
+        sha = hashlib.sha256(data).hexdigest()
+        if sha in (entry.sha256, entry.consumer_sha256):
+            return  # credsync's own publication, or a change already recorded
+        self.ledger.record_consumer_change(route.upload, sha, now_ms())
+        self.events.consumer_rewrite(route.upload)
+        logger.bind(route=route.upload, sha=sha[:HASH_PREFIX]).info(
+            "consumer rewrote the published file; credsync keeps its version until the next upload"
+        )
+        self.assess(route, data)

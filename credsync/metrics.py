@@ -1,0 +1,116 @@
+"""Prometheus metrics and the optional HTTP listener (CREDSYNC_HTTP): `/metrics` and
+`/healthz` (200 only after the first reconcile and while the watcher lives)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from credsync.events import Events
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class PrometheusEvents(Events):
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self._publications = Counter(
+            "credsync_publications", "Destinations written", ["route", "outcome"], registry=registry
+        )
+        self._rejections = Counter("credsync_rejections", "Uploads refused", ["route", "reason"], registry=registry)
+        self._failures = Counter(
+            "credsync_publish_failures", "Failed writes of a destination", ["route"], registry=registry
+        )
+        self._notifications = Counter("credsync_notifications", "Notification attempts", ["result"], registry=registry)
+        self._pending = Gauge(
+            "credsync_pending_notification_routes", "Changed routes not yet notified", registry=registry
+        )
+        self._latency = Histogram(
+            "credsync_publish_latency_seconds",
+            "Upload's last write to published",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._expiry = Gauge(
+            "credsync_credential_expiry_timestamp_seconds",
+            "When the consumer's token expires",
+            ["route", "token"],
+            registry=registry,
+        )
+        self._needs_login = Gauge(
+            "credsync_credential_needs_login", "1 when a fresh upload is needed", ["route"], registry=registry
+        )
+        self._rewrites = Counter(
+            "credsync_consumer_rewrites", "Published files changed by the consumer", ["route"], registry=registry
+        )
+        self._last_success = Gauge(
+            "credsync_last_success_timestamp_seconds", "Last publication or unchanged check", registry=registry
+        )
+        self._ready = Gauge("credsync_ready", "1 after the first reconcile while the watcher lives", registry=registry)
+        self.healthy = False
+
+    def published(self, route: str, outcome: str, latency_s: float) -> None:
+        self._publications.labels(route, outcome).inc()
+        self._latency.observe(max(latency_s, 0.0))
+        self._last_success.set(time.time())
+
+    def rejected(self, route: str, code: str) -> None:
+        self._rejections.labels(route, code).inc()
+
+    def publish_failed(self, route: str) -> None:
+        self._failures.labels(route).inc()
+
+    def notification(self, result: str) -> None:
+        self._notifications.labels(result).inc()
+
+    def pending_notifications(self, routes: int) -> None:
+        self._pending.set(routes)
+
+    def credential(self, route: str, access_expires_ms: int | None, refresh_expires_ms: int | None) -> None:
+        for token, expires_ms in (("access", access_expires_ms), ("refresh", refresh_expires_ms)):
+            if expires_ms is not None:
+                self._expiry.labels(route, token).set(expires_ms / 1000)
+
+    def needs_login(self, route: str, needed: bool) -> None:
+        self._needs_login.labels(route).set(1 if needed else 0)
+
+    def consumer_rewrite(self, route: str) -> None:
+        self._rewrites.labels(route).inc()
+
+    def health(self, *, ready: bool, watching: bool) -> None:
+        self.healthy = ready and watching
+        self._ready.set(1 if self.healthy else 0)
+
+
+def serve(events: PrometheusEvents, host: str, port: int) -> ThreadingHTTPServer:
+    """Start the listener in a daemon thread; the caller shuts it down."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # the http.server API
+            if self.path == "/metrics":
+                self._reply(200, generate_latest(events.registry), CONTENT_TYPE_LATEST)
+            elif self.path == "/healthz":
+                healthy = events.healthy
+                self._reply(200 if healthy else 503, b"ok\n" if healthy else b"not ready\n", "text/plain")
+            else:
+                self._reply(404, b"not found\n", "text/plain")
+
+        def _reply(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # quiet: no access log
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="credsync-http", daemon=True).start()
+    return server
