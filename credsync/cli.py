@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--dry-run", action="store_true", help="decide and log, but write nothing")
     sync.set_defaults(handler=run_sync)
 
+    status = commands.add_parser("status", help="per route: upload, publication, what the consumer holds, expiry")
+    add_setting_flags(status)
+    status.add_argument("--json", action="store_true", help="one JSON document")
+    status.set_defaults(handler=run_status)
+
     health = commands.add_parser("health", help="is the daemon ready and watching? (0 healthy, 1 not)")
     add_setting_flags(health)
     health.set_defaults(handler=run_health)
@@ -143,6 +148,15 @@ def start_metrics(settings: Settings) -> tuple[Events, ThreadingHTTPServer | Non
         raise ConfigError(f"CREDSYNC_HTTP {host}:{port}: {error.strerror}") from None
     logger.bind(http=f"{host}:{port}").info("serving /healthz and /metrics")
     return events, server
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from credsync import status
+
+    settings = settings_from(args)
+    report = status.gather(settings, load_routes(settings))
+    print(status.render_json(report) if args.json else status.render_text(report))
+    return EXIT_OK
 
 
 def run_health(args: argparse.Namespace) -> int:

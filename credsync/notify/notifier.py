@@ -4,8 +4,6 @@ backoff until it is delivered. Publishing never waits for it."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import threading
 import time
 import urllib.error
@@ -18,19 +16,17 @@ import requests
 from docker.models.containers import Container
 from loguru import logger
 
-from credsync.errors import ConfigError, PublishError, printable
+from credsync.errors import ConfigError, printable
 from credsync.events import Events
 from credsync.notify.delivery import DeliveryFailed, Snapshot, post_http, run_exec, send_signal, verify_survived
 from credsync.notify.pending import Pending
 from credsync.notify.proc_readers import ProcReadError, reader_for
 from credsync.notify.procstatus import receiver_verdict
 from credsync.notify.targets import TargetSpec, own_compose_project, parse_target, resolve
-from credsync.publisher import keep_private_copy
+from credsync.notify_record import write_notification
 from credsync.settings import Settings
-from credsync.timefmt import now_ms
 
 HASH_PREFIX = 12
-NOTIFICATION_FILE = "notification.json"  # the last notification's outcome, for `credsync status`
 
 
 class Delivery(IntEnum):
@@ -109,9 +105,7 @@ class Notifier:
         `credsync status` and counted."""
         outcome = self._attempt(batch)
         self.events.notification(outcome.name.lower())
-        record = {"at_ms": now_ms(), "result": outcome.name.lower(), "routes": describe_batch(batch)}
-        with contextlib.suppress(PublishError):  # status then shows an older result; publishing goes on
-            keep_private_copy(self.settings.state_dir / NOTIFICATION_FILE, json.dumps(record).encode())
+        write_notification(self.settings.state_dir, outcome.name.lower(), describe_batch(batch))
         return outcome
 
     def _attempt(self, batch: Mapping[str, str]) -> Delivery:

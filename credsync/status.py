@@ -1,0 +1,141 @@
+"""`credsync status`: per route, what was uploaded, what was published, what the consumer holds
+now (owner, mode, expiry) and how the last notification went. Hashes and times, never a secret."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from typing import Any
+
+from credsync.credential_health import claude_health
+from credsync.errors import CredsyncError, UploadMissing
+from credsync.intake import read_upload
+from credsync.ledger import Ledger
+from credsync.notify_record import read_notification
+from credsync.publisher import read_current
+from credsync.routes import Route, RouteTable
+from credsync.settings import Settings
+from credsync.timefmt import now_ms, relative
+
+HASH_PREFIX = 12
+
+
+def gather(settings: Settings, routes: RouteTable) -> dict[str, Any]:
+    ledger = Ledger(settings.state_dir)
+    now = now_ms()
+    return {
+        "routes": [route_status(settings, route, ledger, now) for route in routes],
+        "notification": read_notification(settings.state_dir),
+    }
+
+
+def route_status(settings: Settings, route: Route, ledger: Ledger, now: int) -> dict[str, Any]:
+    entry = ledger.last(route.upload)
+    return {
+        "route": route.upload,
+        "kind": route.kind,
+        "destination": str(route.destination),
+        "upload": upload_status(settings, route),
+        "published": None
+        if entry is None
+        else {"at_ms": entry.published_at_ms, "sha256_prefix": entry.sha256[:HASH_PREFIX], "bytes": entry.size},
+        "consumer_change": None
+        if entry is None or entry.consumer_seen_at_ms is None
+        else {"at_ms": entry.consumer_seen_at_ms, "sha256_prefix": (entry.consumer_sha256 or "")[:HASH_PREFIX]},
+        "held": destination_status(settings, route, now),
+    }
+
+
+def upload_status(settings: Settings, route: Route) -> dict[str, Any]:
+    try:
+        upload = read_upload(settings.source, route.upload, max_bytes=settings.max_bytes, settle_ns=0)
+    except UploadMissing:
+        return {"present": False}
+    except CredsyncError as error:
+        return {"present": True, "problem": error.reason}
+    return {"present": True, "sha256_prefix": upload.sha256[:HASH_PREFIX], "bytes": len(upload.data)}
+
+
+def destination_status(settings: Settings, route: Route, now: int) -> dict[str, Any]:
+    try:
+        info = os.lstat(route.destination)
+    except FileNotFoundError:
+        return {"present": False}
+    except OSError as error:
+        return {"present": False, "problem": error.strerror}
+    owner_ok = (info.st_uid, info.st_gid) == (route.uid, route.gid)
+    mode_ok = stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == route.mode
+    held: dict[str, Any] = {
+        "present": True,
+        "owner": f"{info.st_uid}:{info.st_gid}",
+        "mode": f"{stat.S_IMODE(info.st_mode):04o}",
+        "owner_and_mode_ok": owner_ok and mode_ok,
+    }
+    data = read_current(route.destination, settings.max_bytes) if stat.S_ISREG(info.st_mode) else None
+    if data is None:
+        return held
+    held["sha256_prefix"] = hashlib.sha256(data).hexdigest()[:HASH_PREFIX]
+    health = claude_health(data) if route.kind == "claude-oauth" else None
+    if health is not None:
+        held["access_expires_ms"] = health.access_expires_ms
+        held["refresh_expires_ms"] = health.refresh_expires_ms
+        held["has_refresh_token"] = health.has_refresh_token
+        held["problems"] = [problem.advice for problem in health.problems(now, settings.expiry_warn_hours * 3_600_000)]
+    return held
+
+
+def render_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, sort_keys=True)
+
+
+def render_text(report: dict[str, Any]) -> str:
+    now = now_ms()
+    lines = []
+    for item in report["routes"]:
+        lines.append(f"{item['route']} → {item['destination']} ({item['kind']})")
+        lines.append(f"  upload       {describe_upload(item['upload'])}")
+        published = item["published"]
+        lines.append(
+            "  published    never"
+            if published is None
+            else f"  published    {relative(published['at_ms'], now)}, sha {published['sha256_prefix']}, "
+            f"{published['bytes']} bytes"
+        )
+        lines.extend(describe_held(item["held"], now))
+        change = item["consumer_change"]
+        if change is not None:
+            lines.append(f"  consumer     rewrote it {relative(change['at_ms'], now)} (sha {change['sha256_prefix']})")
+    note = report["notification"]
+    lines.append(
+        "notification   none yet"
+        if note is None
+        else f"notification   {note['result']} {relative(note['at_ms'], now)} ({note['routes']})"
+    )
+    return "\n".join(lines)
+
+
+def describe_upload(upload: dict[str, Any]) -> str:
+    if not upload["present"]:
+        return "absent"
+    if upload.get("problem"):
+        return f"present, refused: {upload['problem']}"
+    return f"present, sha {upload['sha256_prefix']}, {upload['bytes']} bytes"
+
+
+def describe_held(held: dict[str, Any], now: int) -> list[str]:
+    if not held["present"]:
+        return [f"  destination  absent{': ' + held['problem'] if held.get('problem') else ''}"]
+    mark = "✓" if held["owner_and_mode_ok"] else "✗ expected other owner or mode"
+    lines = [f"  destination  {held['owner']} {held['mode']} {mark}, sha {held.get('sha256_prefix', '?')}"]
+    if "access_expires_ms" in held:
+        access, refresh = held["access_expires_ms"], held["refresh_expires_ms"]
+        parts = [f"access token {'expires ' + relative(access, now) if access else 'expiry unknown'}"]
+        if refresh is not None:
+            parts.append(f"refresh token expires {relative(refresh, now)}")
+        elif not held["has_refresh_token"]:
+            parts.append("no refresh token")
+        lines.append(f"  expiry       {', '.join(parts)}")
+        lines.extend(f"  ✗ {problem}" for problem in held["problems"])
+    return lines
