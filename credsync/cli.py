@@ -4,6 +4,7 @@ codes; settings are built here once and passed down."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(status)
     status.add_argument("--json", action="store_true", help="one JSON document")
     status.set_defaults(handler=run_status)
+
+    doctor = commands.add_parser("doctor", help="check everything credsync needs; 0 only when all pass")
+    add_setting_flags(doctor)
+    doctor.add_argument("--json", action="store_true", help="one JSON document")
+    doctor.set_defaults(handler=run_doctor)
 
     health = commands.add_parser("health", help="is the daemon ready and watching? (0 healthy, 1 not)")
     add_setting_flags(health)
@@ -157,6 +163,15 @@ def run_status(args: argparse.Namespace) -> int:
     report = status.gather(settings, load_routes(settings))
     print(status.render_json(report) if args.json else status.render_text(report))
     return EXIT_OK
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from credsync import doctor
+
+    settings = settings_from(args)
+    checks = doctor.run_checks(settings, load_routes(settings))
+    print(json.dumps(doctor.as_json(checks), indent=2) if args.json else doctor.render_text(checks))
+    return EXIT_OK if all(check.ok for check in checks) else EXIT_REJECTED
 
 
 def run_health(args: argparse.Namespace) -> int:

@@ -70,6 +70,7 @@ def describe_os_error(error: OSError) -> str:
         errno.EPERM: "not permitted; credsync needs CAP_CHOWN to set the owner",
         errno.EACCES: "permission denied; the destination folder must be writable by credsync",
         errno.EISDIR: "a folder stands where the file should be; remove it",
+        errno.ENOENT: "the folder does not exist; create it or mount the volume there",
     }
     return hints.get(error.errno or 0, error.strerror or str(error))
 

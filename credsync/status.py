@@ -10,7 +10,7 @@ import stat
 from typing import Any
 
 from credsync.credential_health import claude_health
-from credsync.errors import CredsyncError, UploadMissing
+from credsync.errors import CredsyncError, Rejection, UploadMissing
 from credsync.intake import read_upload
 from credsync.ledger import Ledger
 from credsync.notify_record import read_notification
@@ -18,6 +18,7 @@ from credsync.publisher import read_current
 from credsync.routes import Route, RouteTable
 from credsync.settings import Settings
 from credsync.timefmt import now_ms, relative
+from credsync.validators import validate
 
 HASH_PREFIX = 12
 
@@ -55,7 +56,12 @@ def upload_status(settings: Settings, route: Route) -> dict[str, Any]:
         return {"present": False}
     except CredsyncError as error:
         return {"present": True, "problem": error.reason}
-    return {"present": True, "sha256_prefix": upload.sha256[:HASH_PREFIX], "bytes": len(upload.data)}
+    found: dict[str, Any] = {"present": True, "sha256_prefix": upload.sha256[:HASH_PREFIX], "bytes": len(upload.data)}
+    try:
+        validate(route.kind, upload.data, max_bytes=settings.max_bytes, now_ms=now_ms())
+    except Rejection as rejection:
+        found["problem"] = rejection.reason
+    return found
 
 
 def destination_status(settings: Settings, route: Route, now: int) -> dict[str, Any]:
@@ -120,7 +126,7 @@ def describe_upload(upload: dict[str, Any]) -> str:
     if not upload["present"]:
         return "absent"
     if upload.get("problem"):
-        return f"present, refused: {upload['problem']}"
+        return f"present, refused: {upload['problem']}"  # not published; the reason is the fix
     return f"present, sha {upload['sha256_prefix']}, {upload['bytes']} bytes"
 
 

@@ -61,7 +61,8 @@ class Stack:
 
     def exec(self, service: str, *argv: str) -> str:
         exit_code, output = self.container(service).exec_run(list(argv))
-        assert exit_code == 0 and isinstance(output, bytes), f"{argv[0]} in {service} exited {exit_code}"
+        assert isinstance(output, bytes)
+        assert exit_code == 0, f"{argv[0]} in {service} exited {exit_code}: {output.decode()[-600:]}"
         return output.decode()
 
     def sidecar_log(self) -> str:
@@ -131,6 +132,10 @@ def test_scp_upload_reaches_the_webhook_notified_not_restarted(stack: Stack, ssh
     volume = stack.client.volumes.get(f"{stack.project}_claude-config")
     webhook_env = dict(item.split("=", 1) for item in webhook.attrs["Config"]["Env"])
     assert webhook_env["CLAUDE_AUTH_HOST_DIR"] == volume.attrs["Mountpoint"]
+    doctor = stack.exec("credsync", "credsync", "doctor").splitlines()  # exit 0: every check passes
+    assert f"✓ {webhook.name}: CLAUDE_AUTH_HOST_DIR is the host path of volume {volume.name}" in doctor
+    assert "✓ source /uploads is readable and mounted read-only" in doctor
+    assert f"✓ notify target {webhook.name}: sh (PID 1) handles SIGHUP" in doctor
 
     data = claude_credentials(serial=1)
     local = tmp_path / ".credentials.json"

@@ -3,19 +3,17 @@ reached by its new ID. Compose services are found by their labels."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import docker
 from docker.models.containers import Container
 
+from credsync.container_env import current_container_id
 from credsync.errors import ConfigError
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
-CONTAINER_ID_IN_MOUNTS = re.compile(r"/containers/([0-9a-f]{64})/")
 
 
 @dataclass(frozen=True)
@@ -47,17 +45,8 @@ def parse_target(text: str) -> TargetSpec:
     return TargetSpec(container=text)
 
 
-def own_container_id(mountinfo: str) -> str | None:
-    """Docker bind-mounts /etc/hostname from /var/lib/docker/containers/<id>/: our own ID."""
-    match = CONTAINER_ID_IN_MOUNTS.search(mountinfo)
-    return match.group(1) if match else None
-
-
 def own_compose_project(client: docker.DockerClient) -> str:
-    try:
-        container_id = own_container_id(Path("/proc/self/mountinfo").read_text())
-    except OSError:
-        container_id = None
+    container_id = current_container_id()
     if container_id is None:
         raise ConfigError("service:NAME works only when credsync runs in a compose project; use PROJECT/SERVICE")
     project = client.containers.get(container_id).labels.get(PROJECT_LABEL)

@@ -1,0 +1,156 @@
+"""`credsync doctor`: every check on one line, ✓ or ✗, and for each ✗ the fix. Read-only
+apart from the state folder (created as `watch` would) and a probe file it creates and removes
+in each folder credsync writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from credsync.container_env import current_container_id
+from credsync.errors import CredsyncError, PublishError
+from credsync.publisher import TEMP_PREFIX, TEMP_SUFFIX, describe_os_error, ensure_private_folder
+from credsync.routes import RouteTable
+from credsync.settings import Settings
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    check: str
+    fix: str = ""
+
+
+def run_checks(settings: Settings, routes: RouteTable) -> list[Check]:
+    checks = [check_source(settings), *check_destinations(routes), check_state(settings), check_inotify()]
+    checks.extend(check_docker(settings))
+    return checks
+
+
+def check_source(settings: Settings) -> Check:
+    source = settings.source
+    try:
+        os.listdir(source)
+    except OSError as error:
+        return Check(False, f"source {source} is readable", f"{error.strerror}: create it or mount the uploads folder")
+    mount = mount_options(source)
+    if current_container_id() is not None and mount is not None and "ro" not in mount:
+        return Check(False, f"source {source} is mounted read-only", "mount the uploads folder with :ro")
+    return Check(True, f"source {source} is readable" + (" and mounted read-only" if mount and "ro" in mount else ""))
+
+
+def check_destinations(routes: RouteTable) -> Iterator[Check]:
+    owners: dict[Path, set[tuple[int, int]]] = {}
+    for route in routes:
+        owners.setdefault(route.destination.parent, set()).add((route.uid, route.gid))
+    for folder, folder_owners in sorted(owners.items()):
+        yield probe_folder(folder, folder_owners)
+
+
+def check_state(settings: Settings) -> Check:
+    try:
+        ensure_private_folder(settings.state_dir)  # what `watch` does first
+    except PublishError as error:
+        return Check(False, f"state folder {settings.state_dir} can be created", error.reason)
+    return probe_folder(settings.state_dir, {(os.geteuid(), os.getegid())}, label="state folder")
+
+
+def probe_folder(folder: Path, owners: set[tuple[int, int]], label: str = "destination") -> Check:
+    """Create a file, give it each owner credsync will use, remove it: what publishing does."""
+    what = f"{label} {folder} is writable and ownership can be set ({', '.join(f'{u}:{g}' for u, g in sorted(owners))})"
+    probe = folder / f"{TEMP_PREFIX}doctor.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    try:
+        file_fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        return Check(False, what, describe_os_error(error))
+    try:
+        for uid, gid in sorted(owners):
+            os.fchown(file_fd, uid, gid)
+    except OSError as error:
+        return Check(False, what, describe_os_error(error))
+    finally:
+        os.close(file_fd)
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return Check(True, what)
+
+
+def check_inotify() -> Check:
+    limits = {name: read_int(f"/proc/sys/fs/inotify/{name}") for name in ("max_user_instances", "max_user_watches")}
+    instances, watches = inotify_use(os.geteuid())
+    what = (
+        f"inotify: {instances} of {limits['max_user_instances']} instances and "
+        f"{watches} of {limits['max_user_watches']} watches in use by this user"
+    )
+    if instances >= limits["max_user_instances"] or watches >= limits["max_user_watches"]:
+        return Check(
+            False, what, "raise them: sysctl fs.inotify.max_user_instances=512 fs.inotify.max_user_watches=65536"
+        )
+    return Check(True, what)
+
+
+def inotify_use(uid: int) -> tuple[int, int]:
+    """Instances and watches held by processes of `uid` (what the per-user limits count)."""
+    instances = watches = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify":
+                    instances += 1
+                    watches += Path(f"/proc/{pid}/fdinfo/{fd}").read_text().count("inotify wd:")
+        except OSError:
+            continue  # the process went away, or is not ours to look at
+    return instances, watches
+
+
+def read_int(path: str) -> int:
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def check_docker(settings: Settings) -> list[Check]:
+    from credsync.notify.doctor_checks import docker_checks  # the Docker SDK only when needed
+
+    try:
+        return docker_checks(settings)
+    except CredsyncError as error:
+        return [Check(False, "notification settings are usable", error.reason)]
+
+
+def mount_options(path: Path) -> set[str] | None:
+    """Options of the mount whose mount point is exactly `path`, from /proc/self/mountinfo."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 5 and unescape_mount_path(fields[4]) == os.fspath(path):
+            return set(fields[5].split(","))
+    return None
+
+
+def unescape_mount_path(text: str) -> str:
+    return text.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def render_text(checks: list[Check]) -> str:
+    lines = []
+    for check in checks:
+        lines.append(f"{'✓' if check.ok else '✗'} {check.check}")
+        if not check.ok:
+            lines.append(f"    fix: {check.fix}")
+    return "\n".join(lines)
+
+
+def as_json(checks: list[Check]) -> list[dict[str, Any]]:
+    return [asdict(check) for check in checks]
