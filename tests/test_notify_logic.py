@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from credsync.container_env import own_container_id
 from credsync.errors import ConfigError
 from credsync.notify.notifier import describe_batch, redact_url
 from credsync.notify.pending import RETRY_CAP_S, Pending
 from credsync.notify.procstatus import parse_status, receiver_verdict
-from credsync.notify.targets import TargetSpec, own_container_id, parse_target
+from credsync.notify.targets import TargetSpec, parse_target
 from credsync.settings import load_settings
 
 
