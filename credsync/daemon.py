@@ -66,6 +66,7 @@ class Daemon:
         self._stop_requested = False
         self._rescan_reason: str | None = None
         self._watching = False
+        self._watch_problem: str | None = None
         # Uploads whose writer has closed them (or renamed them into place) since they were last
         # read. Anything else is read only by the backstop, and may still be half written.
         self._closed: set[str] = set()
@@ -162,10 +163,14 @@ class Daemon:
         try:
             self.watcher.start()
         except OSError as error:
-            logger.bind(source=str(self.settings.source)).error(
-                f"cannot watch the source folder: {error.strerror}; retrying every {WATCH_RETRY_S:g}s"
-            )
+            problem = f"cannot watch the source folder: {error.strerror}; retrying every {WATCH_RETRY_S:g}s"
+            if problem != self._watch_problem:  # said once, not at every retry
+                logger.bind(source=str(self.settings.source)).error(problem)
+            self._watch_problem = problem
             return False
+        if self._watch_problem is not None:
+            logger.bind(source=str(self.settings.source)).info("watching the source folder again")
+            self._watch_problem = None
         return True
 
     def reconcile(self, reason: str) -> None:
