@@ -3,10 +3,12 @@ read line by line, and bounded waits."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -44,6 +46,20 @@ def claude_credentials(*, expires_in_ms: int = 8 * HOUR_MS, serial: int = 0, **e
 
 def aws_credentials() -> bytes:
     return f"[default]\naws_access_key_id = AKIAFAKEKEY000000000\naws_secret_access_key = {AWS_SECRET}\n".encode()
+
+
+def sha12(data: bytes) -> str:
+    """The hash prefix credsync logs for these bytes."""
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def assert_published(destination: Path, expected: bytes, owner: tuple[int, int] = (1001, 1001)) -> None:
+    # Compare bytes without printing them: they hold the canary.
+    assert destination.read_bytes() == expected, f"{destination} differs from the upload"
+    info = os.lstat(destination)
+    assert stat.S_ISREG(info.st_mode), f"{destination} is not a regular file"
+    assert (info.st_uid, info.st_gid) == owner, f"{destination} is owned {info.st_uid}:{info.st_gid}, not {owner}"
+    assert stat.S_IMODE(info.st_mode) == 0o600, f"{destination} has mode {stat.S_IMODE(info.st_mode):04o}"
 
 
 def assert_no_canary(text: str, where: str) -> None:

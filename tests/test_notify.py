@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections.abc import Iterator
@@ -12,13 +11,9 @@ from typing import ClassVar
 import pytest
 
 from tests.docker_env import ConsumerFactory, Engine
-from tests.helpers import CANARY, Folders, WatchProcess, assert_no_canary, claude_credentials, run_cli
+from tests.helpers import CANARY, Folders, WatchProcess, assert_no_canary, claude_credentials, run_cli, sha12
 
 FAST_NOTIFY = ["--settle-ms=50", "--debounce-ms=200", "--notify-grace-ms=300"]
-
-
-def sha12(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:12]
 
 
 def watching(folders: Folders, *args: str) -> WatchProcess:

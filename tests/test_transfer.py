@@ -4,11 +4,9 @@ publishes the result byte-identical, with the consumer's owner and mode."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import shutil
-import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from credsync.daemon import WRITE_BACKSTOP_S
-from tests.helpers import Folders, WatchProcess, aws_credentials, claude_credentials
+from tests.helpers import Folders, WatchProcess, assert_published, aws_credentials, claude_credentials, sha12
 from tests.sshd import SshServer
 
 pytestmark = [pytest.mark.transfer, pytest.mark.timeout(120)]
@@ -64,10 +62,6 @@ def watch_uploads(upload_folders: Folders) -> Iterator[WatchProcess]:
     assert not errors, f"credsync logged errors: {errors}"
 
 
-def sha12(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:12]
-
-
 def outbox_file(tmp_path: Path, name: str, data: bytes) -> Path:
     """The operator's local copy: a private file on the client side."""
     outbox = tmp_path / "outbox"
@@ -92,15 +86,6 @@ def upload(
     else:
         limit_kbit = None if kbyte_per_s is None else kbyte_per_s * 8
         sshd.scp(local, remote, legacy=method == "scp -O", limit_kbit=limit_kbit)
-
-
-def assert_published(destination: Path, expected: bytes, owner: tuple[int, int]) -> None:
-    # Compare bytes without printing them: they hold the canary.
-    assert destination.read_bytes() == expected, f"{destination} differs from the upload"
-    info = os.lstat(destination)
-    assert stat.S_ISREG(info.st_mode), f"{destination} is not a regular file"
-    assert (info.st_uid, info.st_gid) == owner, f"{destination} is owned {info.st_uid}:{info.st_gid}, not {owner}"
-    assert stat.S_IMODE(info.st_mode) == 0o600, f"{destination} has mode {stat.S_IMODE(info.st_mode):04o}"
 
 
 def assert_written_by(path: Path, sshd: SshServer) -> None:

@@ -10,19 +10,16 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-from tests.helpers import Folders, WatchProcess, aws_credentials, claude_credentials, wait_until
-
-
-def sha12(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:12]
-
-
-def assert_published(path: Path, data: bytes, owner: tuple[int, int] = (1001, 1001)) -> None:
-    info = path.lstat()
-    assert path.read_bytes() == data, f"{path.name} does not hold the uploaded bytes"
-    assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (*owner, 0o600)
+from tests.helpers import (
+    Folders,
+    WatchProcess,
+    assert_published,
+    aws_credentials,
+    claude_credentials,
+    sha12,
+    wait_until,
+)
 
 
 def test_an_upload_is_published_with_owner_mode_and_hash_in_the_log(folders: Folders, watch: WatchProcess) -> None:
