@@ -8,7 +8,6 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +28,8 @@ from credsync.timefmt import now_ms
 from credsync.validators import CredentialSummary, validate
 
 if TYPE_CHECKING:
+    from http.server import ThreadingHTTPServer
+
     from credsync.notify import Notifier
 
 EXIT_OK = 0
