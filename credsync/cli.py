@@ -194,6 +194,7 @@ def run_sync(args: argparse.Namespace) -> int:
         logger.error(error.reason)
         return EXIT_USAGE
     results = sync_once(pipeline)
+    pipeline.ledger.flush()
     changed = {result.name: result.sha256 for result in results if result.changed_destination}
     notified = not changed or notify_now(settings, changed, dry_run=args.dry_run)
     outcomes = {result.outcome for result in results}

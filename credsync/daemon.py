@@ -108,6 +108,7 @@ class Daemon:
         try:
             self._loop()
         finally:
+            self.pipeline.ledger.flush()
             self.liveness.stopping()
             self.watcher.stop()
             if self.notifier is not None:
@@ -120,6 +121,7 @@ class Daemon:
     def _loop(self) -> None:
         self._ensure_watching()
         self.reconcile("start-up")
+        self.pipeline.ledger.flush()
         self._watching = self.watcher.healthy()
         self.liveness.ready(watching=self._watching)
         logger.bind(watching=self._watching).info("ready")
@@ -147,6 +149,7 @@ class Daemon:
                 route = self.pipeline.routes.match(name)
                 if route is not None:
                     self.pipeline.consumer.rewritten(route)
+            self.pipeline.ledger.flush()
             if time.monotonic() >= next_beat or self.watcher.healthy() != self._watching:
                 self._watching = self.watcher.healthy()
                 self.liveness.beat(watching=self._watching)

@@ -11,6 +11,7 @@ from pathlib import Path
 from loguru import logger
 from pydantic import BaseModel, ValidationError
 
+from credsync.errors import PublishError
 from credsync.publisher import keep_private_copy
 
 LEDGER_NAME = "ledger.json"
@@ -36,6 +37,7 @@ class Ledger:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / LEDGER_NAME
         self._routes = self._load()
+        self._dirty = False
 
     def _load(self) -> dict[str, Entry]:
         try:
@@ -51,14 +53,24 @@ class Ledger:
         return self._routes.get(upload)
 
     def record(self, upload: str, entry: Entry) -> None:
+        """In memory; `flush` writes it (once per batch: a burst of uploads costs one write)."""
         self._routes[upload] = entry
-        self._save()
+        self._dirty = True
 
     def record_consumer_change(self, upload: str, sha256: str, at_ms: int) -> None:
         entry = self._routes.get(upload)
         if entry is not None:
             self.record(upload, replace(entry, consumer_sha256=sha256, consumer_seen_at_ms=at_ms))
 
-    def _save(self) -> None:
+    def flush(self) -> None:
+        """Write the ledger if it changed. Losing an unflushed entry in a crash is harmless: the
+        next pass compares upload and destination bytes, and nothing is published twice."""
+        if not self._dirty:
+            return
         document = {"version": 1, "routes": {name: asdict(item) for name, item in sorted(self._routes.items())}}
-        keep_private_copy(self.path, json.dumps(document, indent=1).encode() + b"\n")
+        try:
+            keep_private_copy(self.path, json.dumps(document, indent=1).encode() + b"\n")
+        except PublishError as error:
+            logger.bind(path=str(self.path)).warning(f"cannot write the ledger: {error.reason}; retrying later")
+            return
+        self._dirty = False

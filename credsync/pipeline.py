@@ -152,11 +152,17 @@ class Pipeline:
         )
 
     def _publish(self, route: Route, upload: Upload, current: bytes | None) -> None:
-        if current is not None:
-            keep_private_copy(self.settings.state_dir / "previous" / route.slug, current)
         write_atomically(route.destination, upload.data, uid=route.uid, gid=route.gid, mode=route.mode)
-        entry = Entry(upload.sha256, len(upload.data), str(route.destination), now_ms())
-        self.ledger.record(route.upload, entry)
+        self.ledger.record(route.upload, Entry(upload.sha256, len(upload.data), str(route.destination), now_ms()))
+        if current is not None:
+            # After the destination, so publishing is not slowed by it; a crash in between costs
+            # only this copy of the replaced version, never the published one.
+            try:
+                keep_private_copy(self.settings.state_dir / "previous" / route.slug, current)
+            except PublishError as error:
+                logger.bind(route=route.upload).warning(
+                    f"published, but cannot keep the replaced version: {error.reason}"
+                )
 
     def _log_warnings(self, route: Route, upload: Upload, summary: CredentialSummary) -> None:
         if self._last_logged.get(route.upload, (None, ""))[1] == upload.sha256:

@@ -173,6 +173,7 @@ def test_a_consumer_blanking_its_refresh_token_is_reported_not_overwritten(
         "and upload the new .credentials.json"
     )
     assert warning["level"] == "WARNING" and warning["problem"] == "refresh-blank"
+    wait_until(lambda: status_json(folders)["routes"][0]["consumer_change"] is not None)  # type: ignore[index]
     report = status_json(folders)
     oauth = report["routes"][0]  # type: ignore[index]
     assert oauth["consumer_change"] is not None and oauth["held"]["has_refresh_token"] is False

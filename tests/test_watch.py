@@ -29,7 +29,9 @@ def test_an_upload_is_published_with_owner_mode_and_hash_in_the_log(folders: Fol
     assert line["sha"] == sha12(data) and line["bytes"] == len(data)
     assert_published(folders.claude_dir / ".credentials.json", data)
     assert sorted(os.listdir(folders.claude_dir)) == [".credentials.json"]  # no temp file left
-    assert (folders.state_dir / "ledger.json").stat().st_mode & 0o777 == 0o600
+    ledger = folders.state_dir / "ledger.json"
+    wait_until(ledger.exists)  # written once the batch is done, just after the log line
+    assert ledger.stat().st_mode & 0o777 == 0o600
 
 
 def test_aws_files_go_to_the_aws_folder_root_owned(folders: Folders, watch: WatchProcess) -> None:
@@ -148,8 +150,14 @@ def test_previous_generation_is_kept_privately(folders: Folders, watch: WatchPro
     previous = folders.state_dir / "previous" / ".credentials.json"
     assert previous.read_bytes() == first
     assert previous.stat().st_mode & 0o777 == 0o600
+    expected = hashlib.sha256(second).hexdigest()
+
+    def ledger_records_second() -> bool:
+        routes = json.loads((folders.state_dir / "ledger.json").read_text())["routes"]
+        return bool(routes[".credentials.json"]["sha256"] == expected)
+
+    wait_until(ledger_records_second)  # written once the batch is done, just after the log line
     ledger = json.loads((folders.state_dir / "ledger.json").read_text())
-    assert ledger["routes"][".credentials.json"]["sha256"] == hashlib.sha256(second).hexdigest()
     assert "CANARY" not in json.dumps(ledger)
 
 
