@@ -134,6 +134,12 @@ class Notifier:
         except ConfigError as error:
             self._say_once(("config", error.reason), "ERROR", "cannot notify", reason=error.reason)
             return Delivery.FAILED
+        except Exception as error:  # the notifier thread must outlive any surprise
+            self._client = None
+            self._say_once(
+                ("unexpected", type(error).__name__), "ERROR", "notification pending", reason=describe(error)
+            )
+            return Delivery.PENDING
         self._said = {key for key in self._said if key[0] == "skip"}  # a recovery may be reported again
         return outcome
 
