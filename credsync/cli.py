@@ -119,7 +119,8 @@ def prepare(settings: Settings, *, dry_run: bool, events: Events | None = None) 
     routes = load_routes(settings)
     if not dry_run:
         ensure_private_folder(settings.state_dir)
-        for path in remove_stale_temps(routes.destination_dirs()):
+        state_folders = {settings.state_dir, settings.state_dir / "previous"}
+        for path in remove_stale_temps(routes.destination_dirs() | state_folders):
             logger.bind(path=str(path)).info("removed a temp file left by an interrupted publish")
     return Pipeline(settings, routes, Ledger(settings.state_dir), dry_run=dry_run, events=events)
 
@@ -265,6 +266,8 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def validate_file(path: Path, kind: Kind, max_bytes: int) -> CredentialSummary:
     """The same safe intake the daemon uses, so `validate` says what `watch` would."""
+    if path.parent.is_symlink():
+        raise Rejection(f"folder {path.parent.name!r} is a symlink; credsync follows no links", code="symlink")
     try:
         upload = read_upload(path.parent, path.name, max_bytes=max_bytes, settle_ns=0)
     except UploadUnsettled:

@@ -3,10 +3,11 @@ the destination's bytes: expiry times and whether it can still refresh. Never a 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
+from credsync.errors import Rejection
 from credsync.timefmt import relative
+from credsync.validators import decode_text, parse_json_object
 
 FRESH_LOGIN = (
     "log in again (or create a long-lived token with `claude setup-token`) and upload the new .credentials.json"
@@ -50,11 +51,11 @@ class CredentialHealth:
 
 def claude_health(data: bytes) -> CredentialHealth | None:
     """None when the bytes are not a Claude credentials file (any shape problem)."""
-    try:
-        document = json.loads(data)
-    except ValueError:
+    try:  # the consumer wrote it: the same guards as an upload (nesting, numbers, encoding)
+        document = parse_json_object(decode_text(data, max_bytes=len(data) or 1))
+    except Rejection:
         return None
-    oauth = document.get("claudeAiOauth") if isinstance(document, dict) else None
+    oauth = document.get("claudeAiOauth")
     if not isinstance(oauth, dict):
         return None
     refresh = oauth.get("refreshToken")

@@ -28,17 +28,26 @@ UNSETTLED_RECHECK_S = 0.05  # with settle 0, an upload still being written is no
 
 
 class Wakeup:
-    """A self-pipe: writing a byte wakes `wait`; signals write to it via set_wakeup_fd."""
+    """A self-pipe: writing a byte wakes `wait`; signals write to it via set_wakeup_fd. It also
+    wakes when the mount table changes (the kernel flags /proc/self/mountinfo), so a bind mount
+    replaced over the source is noticed at once, without polling."""
 
     def __init__(self) -> None:
         self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.mounts = open("/proc/self/mountinfo", "rb", buffering=0)  # noqa: SIM115 - kept open on purpose
+        self.mounts.read()  # the kernel reports changes after the last read
+        self.mounts_changed = False
 
     def poke(self) -> None:
         with contextlib.suppress(BlockingIOError):  # already full: the loop wakes anyway
             os.write(self.write_fd, b"\0")
 
     def wait(self, timeout: float) -> None:
-        readable, _, _ = select.select([self.read_fd], [], [], max(0.0, timeout))
+        readable, _, exceptional = select.select([self.read_fd], [], [self.mounts], max(0.0, timeout))
+        if exceptional:
+            self.mounts.seek(0)
+            self.mounts.read()
+            self.mounts_changed = True
         if readable:
             try:
                 while os.read(self.read_fd, 4096):
@@ -49,6 +58,7 @@ class Wakeup:
     def close(self) -> None:
         os.close(self.read_fd)
         os.close(self.write_fd)
+        self.mounts.close()
 
 
 class Daemon:
@@ -78,6 +88,7 @@ class Daemon:
         self.wakeup.poke()
 
     def _writing(self, name: str) -> None:
+        self._closed.discard(name)  # written again since its close: not complete until the next one
         self.schedule.expect(name, WRITE_BACKSTOP_S)
         self.wakeup.poke()
 
@@ -86,7 +97,7 @@ class Daemon:
         self.wakeup.poke()
 
     def _lost(self, reason: str) -> None:
-        self._rescan_reason = reason
+        self._rescan_reason = self._rescan_reason or reason
         self.wakeup.poke()
 
     def _on_stop_signal(self, _signum: int, _frame: FrameType | None) -> None:
@@ -137,6 +148,11 @@ class Daemon:
             self.wakeup.wait(wake_at - time.monotonic())
             if self._stop_requested:
                 break
+            if self.wakeup.mounts_changed:
+                self.wakeup.mounts_changed = False
+                self._rescan_reason = self._rescan_reason or "the mount table changed"
+            if self._watching and not self.watcher.healthy():
+                self._rescan_reason = self._rescan_reason or "the source folder is no longer watched"
             reason = self._rescan_reason or ("periodic" if time.monotonic() >= next_reconcile else None)
             if reason is not None:
                 self._rescan_reason = None
@@ -146,14 +162,21 @@ class Daemon:
             for name in self.schedule.take_due():
                 self.handle(name)
             for name in self.consumer_checks.take_due():
-                route = self.pipeline.routes.match(name)
-                if route is not None:
-                    self.pipeline.consumer.rewritten(route)
+                self._check_consumer_side(name)
             self.pipeline.ledger.flush()
             if time.monotonic() >= next_beat or self.watcher.healthy() != self._watching:
                 self._watching = self.watcher.healthy()
                 self.liveness.beat(watching=self._watching)
                 next_beat = time.monotonic() + self.liveness.interval_s
+
+    def _check_consumer_side(self, name: str) -> None:
+        route = self.pipeline.routes.match(name)
+        if route is None:
+            return
+        try:
+            self.pipeline.consumer.rewritten(route)
+        except Exception as error:  # the consumer wrote it: whatever it is, the daemon goes on
+            logger.bind(route=name).error(f"cannot assess the consumer's version: {type(error).__name__}")
 
     def _rescan_interval(self) -> float:
         return self.settings.reconcile_s if self.watcher.healthy() else WATCH_RETRY_S

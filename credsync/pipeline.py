@@ -117,6 +117,8 @@ class Pipeline:
             action = self._decide(route, upload, current)
             if action in (Action.PUBLISH, Action.REPAIR) and not self.dry_run:
                 self._publish(route, upload, current)
+            elif action is Action.UNCHANGED and not self.dry_run:
+                self._remember(route, upload)
         except PublishError as error:
             result = self._report(route, Outcome.FAILED, upload.sha256, error.reason, level="ERROR")
             if result.newly_logged:
@@ -150,6 +152,14 @@ class Pipeline:
             None if current is None else hashlib.sha256(current).hexdigest(),
             current is not None and is_sound(route.kind, current, max_bytes=self.settings.max_bytes),
         )
+
+    def _remember(self, route: Route, upload: Upload) -> None:
+        """The destination holds this upload but the ledger does not say so (a crash came
+        between publishing and writing the ledger): record it, or a later consumer refresh
+        would look like something an old upload must repair."""
+        last = self.ledger.last(route.upload)
+        if last is None or last.sha256 != upload.sha256:
+            self.ledger.record(route.upload, Entry(upload.sha256, len(upload.data), str(route.destination), now_ms()))
 
     def _publish(self, route: Route, upload: Upload, current: bytes | None) -> None:
         write_atomically(route.destination, upload.data, uid=route.uid, gid=route.gid, mode=route.mode)

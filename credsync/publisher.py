@@ -79,11 +79,13 @@ def read_current(path: Path, max_bytes: int) -> bytes | None:
     """The destination's bytes, or None when it is missing, a symlink or not a regular file
     (each of which a publish replaces). Reads at most max_bytes + 1."""
     try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None  # a socket, FIFO or device must not even be opened
         file_fd = os.open(path, READ_FLAGS)
     except FileNotFoundError:
         return None
     except OSError as error:
-        if error.errno == errno.ELOOP:
+        if error.errno in (errno.ELOOP, errno.ENXIO):  # replaced by a link or socket since the lstat
             return None
         raise PublishError(f"cannot read {path}: {describe_os_error(error)}") from None
     try:

@@ -6,6 +6,7 @@ there (the consumer refreshing its credentials, or credsync's own publication)."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -54,9 +55,10 @@ class UploadEventHandler(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         path = os.fsdecode(event.dest_path or event.src_path)
+        if isinstance(event, DirDeletedEvent | DirMovedEvent) and os.fsdecode(event.src_path) == self.source:
+            self.callbacks.lost("the source folder was replaced")
+            return
         if isinstance(event, DirDeletedEvent):
-            if path == self.source:
-                self.callbacks.lost("the source folder was deleted")
             return
         name = relative_name(self.source, path)
         if name is None:
@@ -66,6 +68,19 @@ class UploadEventHandler(FileSystemEventHandler):
             self.callbacks.writing(name)
         else:
             self.callbacks.ready(name)
+
+
+class SourceReplacedHandler(FileSystemEventHandler):
+    """On the source's parent folder: the source itself created, deleted or moved (a watch on a
+    folder cannot see it being replaced)."""
+
+    def __init__(self, source: str, lost: Callable[[str], None]) -> None:
+        self.source = source
+        self.lost = lost
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if self.source in (os.fsdecode(event.src_path), os.fsdecode(event.dest_path)):
+            self.lost("the source folder was replaced")
 
 
 class DestinationEventHandler(FileSystemEventHandler):
@@ -128,6 +143,13 @@ class Watcher:
             recursive=True,
             event_filter=WATCHED_EVENTS,
         )
+        with contextlib.suppress(OSError):  # no parent to watch (/): mount changes and rescans cover it
+            observer.schedule(
+                SourceReplacedHandler(os.fspath(self.source), self.callbacks.lost),
+                os.path.dirname(os.fspath(self.source)),
+                recursive=False,
+                event_filter=[DirCreatedEvent, DirDeletedEvent, DirMovedEvent],
+            )
         self._watch_destinations(observer)
         logging.getLogger("watchdog").addHandler(self._trouble)
         observer.start()
@@ -144,8 +166,11 @@ class Watcher:
                 logger.bind(folder=folder).warning(f"cannot watch a destination folder: {error.strerror}")
 
     def healthy(self) -> bool:
-        """Still watching the folder that is at the source path now (not a deleted one)."""
+        """Still watching the folder that is at the source path now (not a deleted one). watchdog
+        ends a watch's emitter when its folder goes, while the observer itself lives on."""
         if self._observer is None or not self._observer.is_alive():
+            return False
+        if not all(emitter.is_alive() for emitter in self._observer.emitters):
             return False
         try:
             info = os.stat(self.source)

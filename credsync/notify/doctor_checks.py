@@ -12,8 +12,8 @@ from docker.models.containers import Container
 from credsync.container_env import current_container_id
 from credsync.doctor import Check
 from credsync.notify.notifier import describe, redact_url
-from credsync.notify.proc_readers import ProcReadError, reader_for
-from credsync.notify.procstatus import receiver_verdict
+from credsync.notify.proc_readers import reader_for
+from credsync.notify.procstatus import ProcReadError, receiver_verdict
 from credsync.notify.targets import own_compose_project, parse_target, resolve
 from credsync.settings import Settings
 

@@ -20,8 +20,8 @@ from credsync.errors import ConfigError, printable
 from credsync.events import Events
 from credsync.notify.delivery import DeliveryFailed, Snapshot, post_http, run_exec, send_signal, verify_survived
 from credsync.notify.pending import Pending
-from credsync.notify.proc_readers import ProcReadError, reader_for
-from credsync.notify.procstatus import receiver_verdict
+from credsync.notify.proc_readers import reader_for
+from credsync.notify.procstatus import ProcReadError, receiver_verdict
 from credsync.notify.targets import TargetSpec, own_compose_project, parse_target, resolve
 from credsync.notify_record import write_notification
 from credsync.settings import Settings
@@ -136,9 +136,9 @@ class Notifier:
             return Delivery.FAILED
         except Exception as error:  # the notifier thread must outlive any surprise
             self._client = None
-            self._say_once(
-                ("unexpected", type(error).__name__), "ERROR", "notification pending", reason=describe(error)
-            )
+            # The type only: an unexpected error's text may quote what a container answered.
+            reason = f"unexpected {type(error).__name__}"
+            self._say_once(("unexpected", type(error).__name__), "ERROR", "notification pending", reason=reason)
             return Delivery.PENDING
         self._said = {key for key in self._said if key[0] == "skip"}  # a recovery may be reported again
         return outcome

@@ -7,9 +7,7 @@ from pathlib import Path
 
 from docker.models.containers import Container
 
-
-class ProcReadError(Exception):
-    pass
+from credsync.notify.procstatus import ProcReadError
 
 
 class HostProc:

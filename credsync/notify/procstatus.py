@@ -22,13 +22,27 @@ class ProcStatus:
         return bool(self.caught >> (signum - 1) & 1)
 
 
+class ProcReadError(Exception):
+    """A /proc file could not be read or made no sense. Fixed messages only: the text came from
+    the consumer's container and may hold anything, its secrets included."""
+
+
 def parse_status(text: str) -> ProcStatus:
     fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    return ProcStatus(
-        fields.get("Name", "?").strip(),
-        int(fields.get("SigCgt", "0").strip(), 16),
-        int(fields.get("SigIgn", "0").strip(), 16),
-    )
+    try:
+        return ProcStatus(
+            fields.get("Name", "?").strip()[:16],
+            int(fields.get("SigCgt", "0").strip(), 16),
+            int(fields.get("SigIgn", "0").strip(), 16),
+        )
+    except ValueError:
+        raise ProcReadError("the process status has no readable signal masks") from None
+
+
+def parse_pid(text: str) -> int:
+    if not text.isdigit():
+        raise ProcReadError("the init's child list is not a process id")
+    return int(text)
 
 
 class ProcReader(Protocol):
@@ -52,7 +66,7 @@ def receiver_verdict(reader: ProcReader, signal_name: str) -> Verdict:
         children = reader.read(reader.root_pid, f"task/{reader.root_pid}/children").split()
         if len(children) != 1:
             return Verdict(False, label, f"init {first.name} has {len(children)} children to forward {signal_name} to")
-        status = parse_status(reader.read(int(children[0]), "status"))
+        status = parse_status(reader.read(parse_pid(children[0]), "status"))
         label = f"{status.name} (child of {first.name})"
     if status.catches(signum):
         return Verdict(True, label, f"{label} handles {signal_name}")
