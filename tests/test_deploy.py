@@ -122,6 +122,7 @@ def test_scp_upload_reaches_the_webhook_notified_not_restarted(stack: Stack, ssh
     added = sorted(name.removeprefix("CAP_") for name in host_config["CapAdd"])
     assert host_config["CapDrop"] == ["ALL"] and added == ["CHOWN", "DAC_OVERRIDE"]
     assert host_config["ReadonlyRootfs"] is True and "no-new-privileges:true" in host_config["SecurityOpt"]
+    assert host_config["NetworkMode"] == "none"
     status = stack.exec("credsync", "cat", "/proc/1/status")
     effective = int(next(line for line in status.splitlines() if line.startswith("CapEff:")).split()[1], 16)
     assert effective == (1 << CAP_CHOWN) | (1 << CAP_DAC_OVERRIDE)
