@@ -102,6 +102,8 @@ class Pipeline:
         except UploadUnsettled as unsettled:
             return self._report(route, Outcome.UNSETTLED, "", unsettled.reason, level="DEBUG")
         except Rejection as rejection:
+            if not complete and rejection.code == "too-large":  # still growing: judged at its close
+                return self._report(route, Outcome.INCOMPLETE, "", rejection.reason, level="DEBUG")
             return self._reject(route, "", rejection)
         return self._process_upload(route, upload, complete)
 
