@@ -14,6 +14,7 @@ import ctypes.util
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import platform
 import re
@@ -29,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -145,6 +147,56 @@ def write_in_place(path: Path, data: bytes) -> float:
 
 def short_sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:HASH_PREFIX]
+
+
+def write_all(connection: Connection) -> None:
+    """The writer process: says whether it got real-time priority, then for each list of
+    (path, bytes) received writes them in turn and sends back (time before the first, [time
+    after each close])."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(WRITER_PRIORITY))
+        connection.send(True)
+    except OSError:
+        connection.send(False)
+    while (batch := connection.recv()) is not None:
+        started = time.monotonic()
+        connection.send((started, [write_in_place(Path(path), data) for path, data in batch]))
+
+
+WRITER_PRIORITY = 10  # SCHED_FIFO, above every normal process and below the kernel's own threads
+
+
+class Writer:
+    """Uploads written by a process of its own, at real-time priority. A clock reading taken
+    after close() in this process can be late: behind the threads that watch (the GIL), and
+    behind the processes the close wakes (a publisher's inotify reader, `install`), which the
+    kernel may run first. A single-threaded SCHED_FIFO writer is preempted by neither."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._connection, child_end = context.Pipe()
+        self._process = context.Process(target=write_all, args=(child_end,), name="bench-writer", daemon=True)
+        self._process.start()
+        child_end.close()
+        self.realtime = bool(self._connection.recv())
+
+    def write(self, path: Path, data: bytes) -> float:
+        """time.monotonic() after the close."""
+        return self.write_many([(path, data)])[1][0]
+
+    def write_many(self, items: Sequence[tuple[Path, bytes]]) -> tuple[float, list[float]]:
+        """(time before the first write, [time after each close])."""
+        self._connection.send([(str(path), data) for path, data in items])
+        started, closed = self._connection.recv()
+        return float(started), [float(moment) for moment in closed]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._connection.send(None)
+        self._process.join(STOP_TIMEOUT_S)
+        if self._process.is_alive():
+            self._process.kill()
+        self._connection.close()
 
 
 # --------------------------------------------------------------------------- /proc readings
@@ -724,22 +776,26 @@ class Stage:
     client: docker.DockerClient
     watch: FolderWatch
     consumer: Consumer
+    writer: Writer
 
 
 @contextlib.contextmanager
 def stage(prefix: str, timeout_s: float = 30.0) -> Iterator[Stage]:
-    """A Docker client, a temporary folder, a folder watch and a running consumer; all undone after."""
+    """A Docker client, a temporary folder, a folder watch, a writer process and a running
+    consumer; all undone after."""
     client = connect_docker()
     root = Path(tempfile.mkdtemp(prefix=prefix))
     root.chmod(0o755)
     watch = FolderWatch()
+    writer = Writer()
     try:
         consumer = Consumer.start(client, root / "sig", watch, timeout_s)
         try:
-            yield Stage(root, client, watch, consumer)
+            yield Stage(root, client, watch, consumer, writer)
         finally:
             consumer.close()
     finally:
+        writer.close()
         watch.close()
         shutil.rmtree(root, ignore_errors=True)
         client.close()

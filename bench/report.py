@@ -272,8 +272,10 @@ class Summary:
             f"credsync defaults: {args.default_rounds} signal rounds, each started {DEFAULTS_GAP_S:g} s after the"
             f" previous HUP, + {extra} publish-only uploads to its 3 Claude routes in turn (a signal round costs"
             " >= 1.1 s: settle 250 + debounce 500 ms, grace 1 s)",
-            "published = the destination holds the bytes with owner 1001:1001 and mode 0600, seen by inotify;"
-            " HUP = the consumer's line seen by inotify on its bind-mounted folder",
+            "last write = the clock read right after close() by a single-threaded SCHED_FIFO writer process"
+            " (nothing the close wakes can run before that reading); published = the destination holds the"
+            " bytes with owner 1001:1001 and mode 0600, seen by inotify; HUP = the consumer's line seen by"
+            " inotify on its bind-mounted folder",
             f"bursts: {args.burst} uploads written back to back by one thread; distinct files = b0000.json..."
             f" (credsync: a CREDSYNC_ROUTES file with {args.burst} json routes, lanes restarted with it);"
             " rewrites = .credentials.json each time; times from the first write",

@@ -54,7 +54,6 @@ from common import (
     FolderWatch,
     LogLine,
     Publications,
-    SignalLog,
     Stage,
     clean_env,
     credential,
@@ -67,7 +66,6 @@ from common import (
     measure_idle,
     short_sha,
     stage,
-    write_in_place,
 )
 from report import DEFAULTS, DEFAULTS_GAP_S, FAST, FLOOR, SHELL, Burst, Latencies, Results
 from typing_extensions import override
@@ -269,19 +267,24 @@ def make_lanes(root: Path, watch: FolderWatch, consumer: Consumer) -> Lanes:
 # --------------------------------------------------------------------------- measurements
 
 
-def round_trip(lane: Lane, signals: SignalLog, name: str, data: bytes, into: Latencies, *, finish: bool) -> float:
-    """One upload, written in place; records its latencies; returns when the HUP was seen."""
-    child = lane.running
+def round_trip(here: Stage, lane: Lane, name: str, data: bytes, into: Latencies, *, finish: bool) -> float:
+    """One upload, written in place by the writer process; records its latencies; returns when
+    the HUP was seen."""
+    signals, child = here.consumer.signals, lane.running
     base, mark = signals.count(), child.mark()
     expected = lane.publications.expect(name, data)
     deadline = time.monotonic() + ROUND_TIMEOUT_S
-    written = write_in_place(lane.source / name, data)
+    written = here.writer.write(lane.source / name, data)
     published = lane.publications.wait(expected, deadline, f"{lane.key} to publish {name}")
     seen = signals.wait_for(base + 1, deadline, f"the HUP from {lane.key}")
     if finish:
         lane.finish(mark, {name: data}, deadline)
         if signals.count() != base + 1:
             raise BenchError(f"{lane.key} sent {signals.count() - base} signals for one upload")
+    if published <= written:
+        raise BenchError(
+            f"{lane.key}: published {(written - published) * 1000:.3f} ms before written: clocks out of order"
+        )
     into.publish.append(published - written)
     into.signal.append(seen - written)
     if isinstance(lane, CredsyncLane) and finish:
@@ -291,35 +294,36 @@ def round_trip(lane: Lane, signals: SignalLog, name: str, data: bytes, into: Lat
     return seen
 
 
-def interleaved_rounds(lanes: Sequence[Lane], signals: SignalLog, rounds: int, results: Results) -> None:
+def interleaved_rounds(here: Stage, lanes: Sequence[Lane], rounds: int, results: Results) -> None:
     for lane in lanes:
         results.latency[lane.key] = Latencies()
-        round_trip(lane, signals, UPLOAD_NAME, credential(0), Latencies(), finish=True)  # warm-up
+        round_trip(here, lane, UPLOAD_NAME, credential(0), Latencies(), finish=True)  # warm-up
     for serial in range(1, rounds + 1):
         for lane in lanes:
-            round_trip(lane, signals, UPLOAD_NAME, credential(serial), results.latency[lane.key], finish=True)
+            round_trip(here, lane, UPLOAD_NAME, credential(serial), results.latency[lane.key], finish=True)
 
 
-def defaults_rounds(lane: CredsyncLane, signals: SignalLog, rounds: int, total: int, results: Results) -> None:
+def defaults_rounds(here: Stage, lane: CredsyncLane, rounds: int, total: int, results: Results) -> None:
     """Signal rounds, each started DEFAULTS_GAP_S after the previous HUP (the notifier's grace
     check of that HUP then ends before this upload's debounce does), then publish-only uploads
     up to `total`."""
+    signals = here.consumer.signals
     into = results.latency[lane.key] = Latencies()
     mark, base = lane.running.mark(), signals.count()
     data = credential(0)
-    seen = round_trip(lane, signals, UPLOAD_NAME, data, Latencies(), finish=False)  # warm-up
+    seen = round_trip(here, lane, UPLOAD_NAME, data, Latencies(), finish=False)  # warm-up
     for serial in range(1, rounds + 1):
         time.sleep(max(0.0, seen + DEFAULTS_GAP_S - time.monotonic()))
         data = credential(serial)
-        seen = round_trip(lane, signals, UPLOAD_NAME, data, into, finish=False)
+        seen = round_trip(here, lane, UPLOAD_NAME, data, into, finish=False)
     lane.finish(mark, {UPLOAD_NAME: data}, time.monotonic() + ROUND_TIMEOUT_S)
     notified, sent = lane.count_lines(mark).get("notified", 0), signals.count() - base
     if notified != rounds + 1 or sent != rounds + 1:
         raise BenchError(f"{lane.key}: {notified} notifications, {sent} HUPs for {rounds + 1} paced rounds")
-    into.publish += publish_only(lane, signals, total - rounds, rounds + 1)
+    into.publish += publish_only(here, lane, total - rounds, rounds + 1)
 
 
-def publish_only(lane: CredsyncLane, signals: SignalLog, count: int, first_serial: int) -> list[float]:
+def publish_only(here: Stage, lane: CredsyncLane, count: int, first_serial: int) -> list[float]:
     """Uploads to the three Claude routes in turn, PUBLISH_ONLY_SPACING_S apart; each route is
     written again only after its previous upload was published. Notifications are not timed."""
     latencies: list[float] = []
@@ -336,13 +340,13 @@ def publish_only(lane: CredsyncLane, signals: SignalLog, count: int, first_seria
         time.sleep(max(0.0, next_at - time.monotonic()))
         data = final[name] = upload_for(name, serial)
         expected = lane.publications.expect(name, data)
-        pending[name] = (expected, write_in_place(lane.source / name, data))
+        pending[name] = (expected, here.writer.write(lane.source / name, data))
         next_at += PUBLISH_ONLY_SPACING_S
     for expected, written in pending.values():
         published = lane.publications.wait(expected, time.monotonic() + ROUND_TIMEOUT_S, "publish-only upload")
         latencies.append(published - written)
     lane.finish(mark, final, time.monotonic() + 15.0)
-    signals.wait_quiet(QUIET_S, time.monotonic() + 15.0, f"{lane.key} to stop signalling")
+    here.consumer.signals.wait_quiet(QUIET_S, time.monotonic() + 15.0, f"{lane.key} to stop signalling")
     return latencies
 
 
@@ -353,20 +357,17 @@ def routes_file(path: Path, names: Sequence[str]) -> Path:
     return path
 
 
-def burst(lane: Lane, watch: FolderWatch, signals: SignalLog, scenario: str, uploads: int) -> Burst:
+def burst(here: Stage, lane: Lane, scenario: str, uploads: int) -> Burst:
     if scenario == "distinct":
         items = [(f"b{serial:04d}.json", json_upload(serial)) for serial in range(uploads)]
     else:
         items = [(UPLOAD_NAME, credential(1_000_000 + serial)) for serial in range(uploads)]
-    final = dict(items)
+    signals, final = here.consumer.signals, dict(items)
     expectations = {name: lane.publications.expect(name, data) for name, data in final.items()}
     writes_before, met_before = lane.publications.counts()
     signals_before, mark = signals.count(), lane.running.mark()
-    started = time.monotonic()
-    for name, data in items:
-        write_in_place(lane.source / name, data)
-    written = time.monotonic()
-    all_met = watch.wait_until(
+    started, closed = here.writer.write_many([(lane.source / name, data) for name, data in items])
+    all_met = here.watch.wait_until(
         lambda: lane.publications.satisfied - met_before >= len(final),
         started + lane.burst_timeout_s,
         "the burst",
@@ -388,7 +389,7 @@ def burst(lane: Lane, watch: FolderWatch, signals: SignalLog, scenario: str, upl
     return Burst(
         uploads=uploads,
         files=len(final),
-        write_s=written - started,
+        write_s=closed[-1] - started,
         published_s=None if published is None else published - started,
         last_signal_s=signals.times[-1] - started if sent else None,
         publications=writes - writes_before,
@@ -399,9 +400,7 @@ def burst(lane: Lane, watch: FolderWatch, signals: SignalLog, scenario: str, upl
     )
 
 
-def run_bursts(
-    lanes: Lanes, watch: FolderWatch, signals: SignalLog, args: argparse.Namespace, results: Results
-) -> None:
+def run_bursts(here: Stage, lanes: Lanes, args: argparse.Namespace, results: Results) -> None:
     names = [f"b{serial:04d}.json" for serial in range(args.burst)]
     for daemon in (lanes.fast, lanes.defaults):
         daemon.stop()
@@ -409,7 +408,7 @@ def run_bursts(
         daemon.start()
     for lane in lanes.all():
         for scenario in ("distinct", "rewrites"):
-            result = burst(lane, watch, signals, scenario, args.burst)
+            result = burst(here, lane, scenario, args.burst)
             results.bursts[(lane.key, scenario)] = result
             print(f"  burst {scenario:<9} {lane.key:<11} {describe_burst(result)}", file=sys.stderr)
             if result.note:  # a backlog would spill into the next measurement
@@ -501,7 +500,8 @@ def run(args: argparse.Namespace) -> Results:
 
 
 def measure(lanes: Lanes, here: Stage, args: argparse.Namespace, results: Results) -> None:
-    signals = here.consumer.signals
+    if not here.writer.realtime:
+        results.warnings.append("the writer process did not get SCHED_FIFO: write times may be read late")
     step("import time", lambda: measure_imports(args.import_runs, results))
     step("start-up to ready", lambda: measure_startup(lanes, args.startup_runs, results))
     for lane in lanes.all():
@@ -509,18 +509,18 @@ def measure(lanes: Lanes, here: Stage, args: argparse.Namespace, results: Result
     fast = [lanes.fast, lanes.shell, lanes.floor]
     step(
         f"warm-up, then {args.rounds} interleaved rounds of credsync-0 / shell / floor",
-        lambda: interleaved_rounds(fast, signals, args.rounds, results),
+        lambda: interleaved_rounds(here, fast, args.rounds, results),
     )
     step(
         f"credsync defaults: {args.default_rounds} paced rounds + {args.rounds - args.default_rounds} publish-only",
-        lambda: defaults_rounds(lanes.defaults, signals, args.default_rounds, args.rounds, results),
+        lambda: defaults_rounds(here, lanes.defaults, args.default_rounds, args.rounds, results),
     )
     groups = {lane.key: lane.pids() for lane in lanes.all()}
     step(
         f"idle window of {args.idle_seconds:g} s",
         lambda: results.idle.update(measure_idle(groups, args.idle_seconds)),
     )
-    step(f"bursts of {args.burst} uploads", lambda: run_bursts(lanes, here.watch, signals, args, results))
+    step(f"bursts of {args.burst} uploads", lambda: run_bursts(here, lanes, args, results))
     if not here.consumer.still_running():
         raise BenchError("the consumer container did not survive the run")
     if here.watch.overflowed:
