@@ -47,7 +47,11 @@ class ConsumerView:
         """A destination changed on disk: if not by credsync, record and assess the consumer's version."""
         data = read_current(route.destination, self.settings.max_bytes)
         entry = self.ledger.last(route.upload)
-        if data is None or entry is None:
+        if entry is None:
+            return
+        if data is None:
+            # Gone, or replaced by a link, socket or folder: the next rescan repairs it from the upload.
+            logger.bind(route=route.upload).warning("the published file is gone or no longer a regular file")
             return
         sha = hashlib.sha256(data).hexdigest()
         if sha in (entry.sha256, entry.consumer_sha256):

@@ -67,6 +67,16 @@ def assert_no_canary(text: str, where: str) -> None:
     assert CANARY not in text, f"a secret leaked into {where}"
 
 
+class FakeClock:
+    """A monotonic clock the test moves by hand, for pure scheduling logic."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> None:
     """Poll a condition with a deadline (for file system state, which has no event to await)."""
     deadline = time.monotonic() + timeout

@@ -573,7 +573,7 @@ def test_a_consumer_writing_deeply_nested_json_does_not_stop_the_daemon(folders:
         folders.upload(CREDENTIALS, first)
         daemon.wait_for("published", route=CREDENTIALS, sha=sha12(first))
         (folders.claude_dir / CREDENTIALS).write_bytes(NESTED)  # the webhook can write its own volume
-        time.sleep(1)
+        daemon.wait_for("consumer rewrote the published file; credsync keeps its version until the next upload")
         assert daemon.process.poll() is None, "credsync died of its consumer's file"
         second = claude_credentials(serial=2)
         folders.upload(CREDENTIALS, second)
@@ -590,7 +590,7 @@ def test_a_consumer_renaming_a_socket_over_its_credential_does_not_stop_the_daem
         staged = folders.claude_dir / "staged.sock"
         server.bind(str(staged))
         staged.rename(folders.claude_dir / CREDENTIALS)
-        time.sleep(1)
+        daemon.wait_for("the published file is gone or no longer a regular file", route=CREDENTIALS)
         assert daemon.process.poll() is None, "credsync died of its consumer's file"
         second = claude_credentials(serial=2)
         folders.upload(CREDENTIALS, second)

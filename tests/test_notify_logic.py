@@ -13,14 +13,7 @@ from credsync.notify.pending import RETRY_CAP_S, Pending
 from credsync.notify.procstatus import parse_status, receiver_verdict
 from credsync.notify.targets import TargetSpec, parse_target
 from credsync.settings import load_settings
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock
 
 
 def test_a_burst_is_one_batch_sent_after_the_quiet_time() -> None:

@@ -11,6 +11,7 @@ from credsync.errors import ConfigError
 from credsync.routes import is_rsync_temp, kind_for_filename, load_routes
 from credsync.schedule import RETRY_CAP_S, Schedule
 from credsync.settings import Settings, load_settings
+from tests.helpers import FakeClock
 
 
 def settings(**overrides: object) -> Settings:
@@ -138,14 +139,6 @@ def test_kind_for_filename() -> None:
 )
 def test_decisions(upload: str, last: str | None, destination: str | None, sound: bool, expected: Action) -> None:
     assert decide(upload, last, destination, sound) is expected
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_schedule_reads_an_upload_once_it_is_closed_and_quiet() -> None:
