@@ -36,6 +36,7 @@ class Wakeup:
         self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.mounts = open("/proc/self/mountinfo", "rb", buffering=0)  # noqa: SIM115 - kept open on purpose
         self.mounts.read()  # the kernel reports changes after the last read
+        self.mounts_changed = False
 
     def poke(self) -> None:
         with contextlib.suppress(BlockingIOError):  # already full: the loop wakes anyway
@@ -46,6 +47,7 @@ class Wakeup:
         if exceptional:  # re-read, or the change is reported again at once
             self.mounts.seek(0)
             self.mounts.read()
+            self.mounts_changed = True
         if readable:
             try:
                 while os.read(self.read_fd, 4096):
@@ -146,8 +148,9 @@ class Daemon:
             self.wakeup.wait(wake_at - time.monotonic())
             if self._stop_requested:
                 break
-            # A mount-table change (any container starting, on a host) only wakes the loop; this
-            # check decides whether it replaced the source.
+            if self.wakeup.mounts_changed:  # a bind mount may have replaced the source: look again
+                self.wakeup.mounts_changed = False
+                self._rescan_reason = self._rescan_reason or "the mount table changed"
             if self._watching and not self.watcher.healthy():
                 self._rescan_reason = self._rescan_reason or "the source folder is no longer watched"
             reason = self._rescan_reason or ("periodic" if time.monotonic() >= next_reconcile else None)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 
 from loguru import logger
 
@@ -53,7 +55,6 @@ class Result:
     outcome: Outcome
     sha256: str = ""
     reason: str = ""
-    newly_logged: bool = True  # False when the same decision on the same bytes was logged before
 
     @property
     def changed_destination(self) -> bool:
@@ -122,29 +123,25 @@ class Pipeline:
             elif action is Action.UNCHANGED and not self.dry_run:
                 self._remember(route, upload)
         except PublishError as error:
-            result = self._report(route, Outcome.FAILED, upload.sha256, error.reason, level="ERROR")
-            if result.newly_logged:
-                self.events.publish_failed(route.upload)
-            return result
+            failed = partial(self.events.publish_failed, route.upload)
+            return self._report(route, Outcome.FAILED, upload.sha256, error.reason, level="ERROR", count=failed)
         outcome = OUTCOME_OF_ACTION[action]
         if outcome is Outcome.KEPT_CONSUMER:
             reason = "the consumer rewrote the destination since this upload was published; upload anew to replace it"
             result = self._report(route, outcome, upload.sha256, reason, level="WARNING")
         else:
+            if outcome in (Outcome.PUBLISHED, Outcome.REPAIRED) and not self.dry_run:
+                self.events.published(route.upload, outcome.value, (time.time_ns() - upload.changed_ns) / 1e9)
             self._log_warnings(route, upload, summary)
             result = self._report(route, outcome, upload.sha256, "", level="INFO", size=len(upload.data))
-        if result.changed_destination and not self.dry_run:
-            self.events.published(route.upload, outcome.value, (time.time_ns() - upload.changed_ns) / 1e9)
         if not self.dry_run:
             held = current if outcome is Outcome.KEPT_CONSUMER else upload.data
             self.consumer.assess(route, held or b"")
         return result
 
     def _reject(self, route: Route, sha256: str, rejection: Rejection) -> Result:
-        result = self._report(route, Outcome.REJECTED, sha256, rejection.reason, level="WARNING")
-        if result.newly_logged:
-            self.events.rejected(route.upload, rejection.code)
-        return result
+        counted = partial(self.events.rejected, route.upload, rejection.code)
+        return self._report(route, Outcome.REJECTED, sha256, rejection.reason, level="WARNING", count=counted)
 
     def _decide(self, route: Route, upload: Upload, current: bytes | None) -> Action:
         last = self.ledger.last(route.upload)
@@ -183,12 +180,23 @@ class Pipeline:
             logger.bind(route=route.upload, sha=short_hash(upload.sha256)).warning(warning)
 
     def _report(
-        self, route: Route, outcome: Outcome, sha256: str, reason: str, *, level: str, size: int | None = None
+        self,
+        route: Route,
+        outcome: Outcome,
+        sha256: str,
+        reason: str,
+        *,
+        level: str,
+        size: int | None = None,
+        count: Callable[[], None] | None = None,
     ) -> Result:
-        """One line per decision; a decision repeated for the same bytes drops to DEBUG."""
+        """One line per decision; a decision repeated for the same bytes drops to DEBUG. `count`
+        runs for a new decision, before its line: whoever reads the line finds it counted."""
         key = (outcome, sha256 + reason)
         repeated = self._last_logged.get(route.upload) == key
         self._last_logged[route.upload] = key
+        if count is not None and not repeated:
+            count()
         fields: dict[str, object] = {"route": route.upload}
         if sha256:
             fields["sha"] = short_hash(sha256)
@@ -201,7 +209,7 @@ class Pipeline:
         if self.dry_run:
             fields["dry_run"] = True
         logger.bind(**fields).log("DEBUG" if repeated else level, outcome.value)
-        return Result(route.upload, outcome, sha256, reason, newly_logged=not repeated)
+        return Result(route.upload, outcome, sha256, reason)
 
     def _note_ignored(self, name: str) -> None:
         if is_rsync_temp(name) or name in self._ignored:
