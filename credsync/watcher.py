@@ -29,6 +29,8 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
+from credsync.publisher import TEMP_PREFIX
+
 WATCHED_EVENTS: list[type[FileSystemEvent]] = [
     FileClosedEvent,
     FileCreatedEvent,
@@ -91,6 +93,8 @@ class DestinationEventHandler(FileSystemEventHandler):
         self.rewritten = rewritten
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if os.path.basename(os.fsdecode(event.src_path)).startswith(TEMP_PREFIX):
+            return  # credsync's own publication renamed into place: nothing to read back
         upload = self.uploads_by_destination.get(os.fsdecode(event.dest_path or event.src_path))
         if upload is not None:
             self.rewritten(upload)

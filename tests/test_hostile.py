@@ -568,35 +568,41 @@ def watching(folders: Folders) -> Iterator[WatchProcess]:
         process.stop()
 
 
-def test_a_consumer_writing_deeply_nested_json_does_not_stop_the_daemon(folders: Folders) -> None:
+def assert_survives_consumer_change(folders: Folders, change: Callable[[], object], sign: str) -> None:
+    """Publish, let the consumer do `change` to its file, see the daemon notice (`sign`), and
+    still publish the next upload."""
     with watching(folders) as daemon:
         first = claude_credentials(serial=1)
         folders.upload(CREDENTIALS, first)
         daemon.wait_for("published", route=CREDENTIALS, sha=sha12(first))
-        (folders.claude_dir / CREDENTIALS).write_bytes(NESTED)  # the webhook can write its own volume
-        daemon.wait_for("consumer rewrote the published file; credsync keeps its version until the next upload")
+        change()
+        daemon.wait_for(sign, route=CREDENTIALS)
         assert daemon.process.poll() is None, "credsync died of its consumer's file"
         second = claude_credentials(serial=2)
         folders.upload(CREDENTIALS, second)
         daemon.wait_for("published", route=CREDENTIALS, sha=sha12(second))
         assert_published(folders.claude_dir / CREDENTIALS, second)
+
+
+def test_a_consumer_writing_deeply_nested_json_does_not_stop_the_daemon(folders: Folders) -> None:
+    assert_survives_consumer_change(
+        folders,
+        lambda: (folders.claude_dir / CREDENTIALS).write_bytes(NESTED),  # the webhook can write its own volume
+        "consumer rewrote the published file; credsync keeps its version until the next upload",
+    )
 
 
 def test_a_consumer_renaming_a_socket_over_its_credential_does_not_stop_the_daemon(folders: Folders) -> None:
-    server = socket.socket(socket.AF_UNIX)
-    with watching(folders) as daemon, contextlib.closing(server):
-        first = claude_credentials(serial=1)
-        folders.upload(CREDENTIALS, first)
-        daemon.wait_for("published", route=CREDENTIALS, sha=sha12(first))
-        staged = folders.claude_dir / "staged.sock"
+    staged = folders.claude_dir / "staged.sock"
+
+    def socket_over_the_credential() -> None:
         server.bind(str(staged))
         staged.rename(folders.claude_dir / CREDENTIALS)
-        daemon.wait_for("the published file is gone or no longer a regular file", route=CREDENTIALS)
-        assert daemon.process.poll() is None, "credsync died of its consumer's file"
-        second = claude_credentials(serial=2)
-        folders.upload(CREDENTIALS, second)
-        daemon.wait_for("published", route=CREDENTIALS, sha=sha12(second))
-        assert_published(folders.claude_dir / CREDENTIALS, second)
+
+    with contextlib.closing(socket.socket(socket.AF_UNIX)) as server:
+        assert_survives_consumer_change(
+            folders, socket_over_the_credential, "the published file is gone or no longer a regular file"
+        )
 
 
 # A consumer whose `cat` answers what it likes: credsync runs in its own PID namespace (as a
