@@ -4,7 +4,9 @@ codes; settings are built here once and passed down."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -14,7 +16,15 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from credsync import __version__
-from credsync.errors import ConfigError, CredsyncError, Rejection, UploadMissing, UploadUnsettled, printable
+from credsync.errors import (
+    ConfigError,
+    CredsyncError,
+    Rejection,
+    SourceUnavailable,
+    UploadMissing,
+    UploadUnsettled,
+    printable,
+)
 from credsync.events import Events
 from credsync.health import Liveness, SystemdEnvironment, check_health
 from credsync.intake import read_upload
@@ -88,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("files", nargs="+", type=Path, metavar="FILE")
     check.add_argument("--kind", choices=KINDS, help="kind of every FILE (default: from its name)")
     check.add_argument("--max-bytes", dest="max_bytes", default=argparse.SUPPRESS, help="largest file accepted")
+    check.add_argument(
+        "--allow-commands",
+        dest="allow_commands",
+        default=argparse.SUPPRESS,
+        help="accept files that make Claude Code or AWS tools run a command (true/false)",
+    )
     check.set_defaults(handler=run_validate)
     return parser
 
@@ -194,6 +210,11 @@ def run_sync(args: argparse.Namespace) -> int:
     except CredsyncError as error:
         logger.error(error.reason)
         return EXIT_USAGE
+    try:
+        os.close(pipeline.source.open())
+    except SourceUnavailable as error:
+        logger.bind(source=str(settings.source)).error(f"nothing published: {error.reason}")
+        return EXIT_PUBLISH_FAILED
     results = sync_once(pipeline)
     pipeline.ledger.flush()
     changed = {result.name: result.sha256 for result in results if result.changed_destination}
@@ -243,8 +264,9 @@ def sync_once(pipeline: Pipeline) -> list[Result]:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    overrides = {"max_bytes": args.max_bytes} if hasattr(args, "max_bytes") else {}
-    max_bytes = load_settings(overrides).max_bytes
+    overrides = {name: getattr(args, name) for name in ("max_bytes", "allow_commands") if hasattr(args, name)}
+    settings = load_settings(overrides)
+    max_bytes = settings.max_bytes
     worst = EXIT_OK
     for path in args.files:
         kind: Kind | None = args.kind or kind_for_filename(path.name)
@@ -254,7 +276,7 @@ def run_validate(args: argparse.Namespace) -> int:
             worst = EXIT_USAGE
             continue
         try:
-            summary = validate_file(path, kind, max_bytes)
+            summary = validate_file(path, kind, max_bytes, allow_commands=settings.allow_commands)
         except (Rejection, UploadMissing) as error:
             print(f"{label}: invalid {kind}: {error.reason}")
             worst = max(worst, EXIT_REJECTED)
@@ -264,12 +286,21 @@ def run_validate(args: argparse.Namespace) -> int:
     return worst
 
 
-def validate_file(path: Path, kind: Kind, max_bytes: int) -> CredentialSummary:
-    """The same safe intake the daemon uses, so `validate` says what `watch` would."""
-    if path.parent.is_symlink():
-        raise Rejection(f"folder {path.parent.name!r} is a symlink; credsync follows no links", code="symlink")
+def validate_file(path: Path, kind: Kind, max_bytes: int, *, allow_commands: bool) -> CredentialSummary:
+    """The same safe intake the daemon uses, so `validate` says what `watch` would. The folder is
+    the caller's own choice and may be reached through links; the file itself may not."""
     try:
-        upload = read_upload(path.parent, path.name, max_bytes=max_bytes, settle_ns=0)
+        folder_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno == errno.ENOTDIR:
+            raise Rejection(
+                f"folder {path.parent.name!r} is a symlink; credsync follows no links", code="symlink"
+            ) from None
+        raise UploadMissing(f"cannot open folder {path.parent}: {error.strerror}") from None
+    try:
+        upload = read_upload(folder_fd, path.name, max_bytes=max_bytes, settle_ns=0)
     except UploadUnsettled:
         raise Rejection("file changed while being read", code="changed") from None
-    return validate(kind, upload.data, max_bytes=max_bytes, now_ms=now_ms())
+    finally:
+        os.close(folder_fd)
+    return validate(kind, upload.data, max_bytes=max_bytes, now_ms=now_ms(), allow_commands=allow_commands)

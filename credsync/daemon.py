@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from credsync.errors import printable
+from credsync.errors import SourceUnavailable, printable
 from credsync.health import Liveness
 from credsync.pipeline import Outcome, Pipeline, short_hash
 from credsync.schedule import Schedule
@@ -71,7 +71,7 @@ class Daemon:
         self.wakeup = Wakeup()
         destinations = {route.destination: route.upload for route in pipeline.routes}
         callbacks = Callbacks(self._ready, self._writing, self._lost, self._rewritten)
-        self.watcher = Watcher(self.settings.source, destinations, callbacks)
+        self.watcher = Watcher(pipeline.source, pipeline.routes.upload_folders(), destinations, callbacks)
         self.consumer_checks = Schedule(self.settings.settle_ms / 1000)
         self._stop_requested = False
         self._rescan_reason: str | None = None
@@ -188,11 +188,14 @@ class Daemon:
         self.watcher.stop()
         try:
             self.watcher.start()
-        except OSError as error:
-            problem = f"cannot watch the source folder: {error.strerror}; retrying every {WATCH_RETRY_S:g}s"
-            if problem != self._watch_problem:  # said once, not at every retry
-                logger.bind(source=str(self.settings.source)).error(problem)
-            self._watch_problem = problem
+        except (SourceUnavailable, OSError) as error:
+            self.watcher.stop()
+            reason = error.reason if isinstance(error, SourceUnavailable) else error.strerror
+            if reason != self._watch_problem:  # said once, not at every retry
+                logger.bind(source=str(self.settings.source), reason=reason).error(
+                    f"cannot watch the source folder; retrying every {WATCH_RETRY_S:g}s"
+                )
+            self._watch_problem = reason
             return False
         if self._watch_problem is not None:
             logger.bind(source=str(self.settings.source)).info("watching the source folder again")
@@ -209,8 +212,19 @@ class Daemon:
             return
         complete = complete or name in self._closed
         self._closed.discard(name)
-        result = self.pipeline.process(name, complete=complete)
+        try:
+            result = self.pipeline.process(name, complete=complete)
+        except Exception as error:  # one upload's surprise (EMFILE, a bug) must not end the daemon
+            # The type and errno text only: an unexpected error's message may quote the upload.
+            detail = f": {error.strerror}" if isinstance(error, OSError) and error.strerror else ""
+            logger.bind(route=printable(name)).error(
+                f"cannot process the upload: {type(error).__name__}{detail}; retrying"
+            )
+            self.schedule.retry(name)
+            return
         if result.outcome is Outcome.UNSETTLED:
+            if complete:  # a rescan's view (a restarted watcher may have missed the close): keep it
+                self._closed.add(name)
             self.schedule.arm(name, UNSETTLED_RECHECK_S)
         elif result.outcome is Outcome.FAILED:
             self.schedule.retry(name)

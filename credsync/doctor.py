@@ -13,8 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from credsync.container_env import current_container_id
-from credsync.errors import CredsyncError, PublishError
-from credsync.publisher import TEMP_PREFIX, TEMP_SUFFIX, describe_os_error, ensure_private_folder
+from credsync.errors import CredsyncError, PublishError, SourceUnavailable
+from credsync.intake import SourceFolder
+from credsync.publisher import (
+    CREATE_FLAGS,
+    TEMP_PREFIX,
+    TEMP_SUFFIX,
+    describe_os_error,
+    ensure_private_folder,
+    open_destination_folder,
+)
 from credsync.routes import RouteTable
 from credsync.settings import Settings
 
@@ -35,9 +43,15 @@ def run_checks(settings: Settings, routes: RouteTable) -> list[Check]:
 def check_source(settings: Settings) -> Check:
     source = settings.source
     try:
-        os.listdir(source)
+        folder_fd = SourceFolder(source, settings.source_owner).open()
+    except SourceUnavailable as error:
+        return Check(False, f"source {source} is readable", f"{error.reason}: create it or mount the uploads folder")
+    try:
+        os.listdir(folder_fd)
     except OSError as error:
-        return Check(False, f"source {source} is readable", f"{error.strerror}: create it or mount the uploads folder")
+        return Check(False, f"source {source} is readable", f"{error.strerror}: credsync must be able to list it")
+    finally:
+        os.close(folder_fd)
     mount = mount_options(source)
     if current_container_id() is not None and mount is not None and "ro" not in mount:
         return Check(False, f"source {source} is mounted read-only", "mount the uploads folder with :ro")
@@ -63,10 +77,15 @@ def check_state(settings: Settings) -> Check:
 def probe_folder(folder: Path, owners: set[tuple[int, int]], label: str = "destination") -> Check:
     """Create a file, give it each owner credsync will use, remove it: what publishing does."""
     what = f"{label} {folder} is writable and ownership can be set ({', '.join(f'{u}:{g}' for u, g in sorted(owners))})"
-    probe = folder / f"{TEMP_PREFIX}doctor.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    probe = f"{TEMP_PREFIX}doctor.{secrets.token_hex(4)}{TEMP_SUFFIX}"
     try:
-        file_fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        folder_fd = open_destination_folder(folder / probe)
+    except PublishError as error:
+        return Check(False, what, error.reason)
+    try:
+        file_fd = os.open(probe, CREATE_FLAGS, 0o600, dir_fd=folder_fd)
     except OSError as error:
+        os.close(folder_fd)
         return Check(False, what, describe_os_error(error))
     try:
         for uid, gid in sorted(owners):
@@ -76,7 +95,8 @@ def probe_folder(folder: Path, owners: set[tuple[int, int]], label: str = "desti
     finally:
         os.close(file_fd)
         with contextlib.suppress(OSError):
-            probe.unlink()
+            os.unlink(probe, dir_fd=folder_fd)
+        os.close(folder_fd)
     return Check(True, what)
 
 
@@ -118,6 +138,10 @@ def read_int(path: str) -> int:
 
 
 def check_docker(settings: Settings) -> list[Check]:
+    socket = settings.docker_host.removeprefix("unix://")
+    if not settings.notifies and settings.docker_host.startswith("unix://") and not os.path.exists(socket):
+        # Publishing only, and rightly without the socket (claude-hub needs no reload).
+        return [Check(True, "publishing only: no notify target and no Docker socket, so no consumer checks")]
     from credsync.notify.doctor_checks import docker_checks  # the Docker SDK only when needed
 
     try:

@@ -32,6 +32,10 @@ class UploadMissing(CredsyncError):
     """The upload is not there (deleted, or not yet created)."""
 
 
+class SourceUnavailable(CredsyncError):
+    """The upload folder cannot be used (missing, a symlink, unreadable, another owner)."""
+
+
 class UploadUnsettled(CredsyncError):
     """The upload is still being written; try again after it settles."""
 

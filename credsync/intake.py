@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from credsync.errors import Rejection, UploadMissing, UploadUnsettled
+from credsync.errors import Rejection, SourceUnavailable, UploadMissing, UploadUnsettled
+from credsync.safe_paths import describe_folder_error, open_folder, open_subfolders
 
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_TYPES = {
     stat.S_IFDIR: "a directory",
     stat.S_IFLNK: "a symlink (credsync follows no links)",
@@ -33,37 +33,62 @@ class Upload:
     changed_ns: int  # ctime: the last write, rename or chmod, as the kernel saw it
 
 
-def read_upload(source: Path, name: str, *, max_bytes: int, settle_ns: int) -> Upload:
-    """Read `name` (relative to `source`) if it is a settled, single-link regular file."""
-    folder_fd = open_parent(source, name)
-    try:
-        return read_settled_file(folder_fd, name, max_bytes, settle_ns)
-    finally:
-        os.close(folder_fd)
+class SourceFolder:
+    """The upload folder: reached without following any symlink, and owned by the UID it had
+    when credsync first opened it (or CREDSYNC_SOURCE_OWNER), so a folder swapped in by someone
+    else is refused rather than read."""
 
+    def __init__(self, path: Path, owner: int | None = None) -> None:
+        self.path = path
+        self.owner = owner
 
-def open_parent(source: Path, name: str) -> int:
-    """Open the folder holding the upload, refusing symlinked folders below the source."""
-    try:
-        folder_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise UploadMissing(f"source folder {source} does not exist") from None
-    for part in PurePosixPath(name).parts[:-1]:
+    def open(self) -> int:
+        """A descriptor of the folder; raises SourceUnavailable with a one-line reason."""
         try:
-            child_fd = os.open(part, DIR_FLAGS, dir_fd=folder_fd)
-        except FileNotFoundError:
-            os.close(folder_fd)
-            raise UploadMissing("upload folder does not exist") from None
+            folder_fd = open_folder(self.path)
         except OSError as error:
+            raise SourceUnavailable(f"upload folder: {describe_folder_error(error)}") from None
+        owner = os.fstat(folder_fd).st_uid
+        if self.owner is None:
+            self.owner = owner
+        elif owner != self.owner:
             os.close(folder_fd)
-            if error.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise Rejection(
-                    f"folder {part!r} is a symlink or not a folder; credsync follows no links", code="symlink"
-                ) from None
-            raise Rejection(f"cannot open folder {part!r}: {error.strerror}", code="unreadable") from None
-        os.close(folder_fd)
-        folder_fd = child_fd
-    return folder_fd
+            raise SourceUnavailable(
+                f"upload folder {self.path} is owned by UID {owner}, not {self.owner}; refusing it"
+                " (set CREDSYNC_SOURCE_OWNER if the new owner is right)"
+            )
+        return folder_fd
+
+    def read(self, name: str, *, max_bytes: int, settle_ns: int) -> Upload:
+        folder_fd = self.open()
+        try:
+            return read_upload(folder_fd, name, max_bytes=max_bytes, settle_ns=settle_ns)
+        finally:
+            os.close(folder_fd)
+
+
+def read_upload(folder_fd: int, name: str, *, max_bytes: int, settle_ns: int) -> Upload:
+    """Read `name` (relative to the open folder) if it is a settled, single-link regular file."""
+    parent_fd = open_parent(folder_fd, name)
+    try:
+        return read_settled_file(parent_fd, name, max_bytes, settle_ns)
+    finally:
+        os.close(parent_fd)
+
+
+def open_parent(folder_fd: int, name: str) -> int:
+    """Open the folder holding the upload, refusing symlinked folders below the source."""
+    parent = PurePosixPath(name).parent
+    try:
+        return open_subfolders(folder_fd, parent)
+    except FileNotFoundError:
+        raise UploadMissing("upload folder does not exist") from None
+    except OSError as error:
+        if error.errno == errno.ENOTDIR:
+            raise Rejection(
+                f"folder {str(parent)!r} is a symlink or not a folder; credsync follows no links", code="symlink"
+            ) from None
+        raise Rejection(f"cannot open folder {str(parent)!r}: {error.strerror}", code="unreadable") from None
 
 
 def read_settled_file(folder_fd: int, name: str, max_bytes: int, settle_ns: int) -> Upload:

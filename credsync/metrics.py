@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -87,30 +89,71 @@ class PrometheusEvents(Events):
         self._ready.set(1 if self.healthy else 0)
 
 
+MAX_CONNECTIONS = 8
+REQUEST_TIMEOUT_S = 5.0
+
+
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """At most MAX_CONNECTIONS at a time, each read bounded by REQUEST_TIMEOUT_S: idle or slow
+    clients (any local user can connect) can neither take the daemon's file descriptors nor hold
+    a slot for long. A connection over the cap is closed at once."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def verify_request(self, request: object, client_address: object) -> bool:  # noqa: ARG002 - socketserver's API
+        return self._slots.acquire(blocking=False)
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread will release it
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 def serve(events: PrometheusEvents, host: str, port: int) -> ThreadingHTTPServer:
     """Start the listener in a daemon thread; the caller shuts it down."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # the http.server API
-            if self.path == "/metrics":
-                self._reply(200, generate_latest(events.registry), CONTENT_TYPE_LATEST)
-            elif self.path == "/healthz":
-                healthy = events.healthy
-                self._reply(200 if healthy else 503, b"ok\n" if healthy else b"not ready\n", "text/plain")
-            else:
-                self._reply(404, b"not found\n", "text/plain")
+        timeout = REQUEST_TIMEOUT_S  # per read of the request: a client that sends nothing is dropped
 
-        def _reply(self, status: int, body: bytes, content_type: str) -> None:
+        def do_GET(self) -> None:  # the http.server API
+            self._answer(send_body=True)
+
+        def do_HEAD(self) -> None:  # the http.server API
+            self._answer(send_body=False)
+
+        def _answer(self, *, send_body: bool) -> None:
+            path = urlsplit(self.path).path
+            if path == "/metrics":
+                self._reply(200, generate_latest(events.registry), CONTENT_TYPE_LATEST, send_body)
+            elif path == "/healthz":
+                healthy = events.healthy
+                self._reply(200 if healthy else 503, b"ok\n" if healthy else b"not ready\n", "text/plain", send_body)
+            else:
+                self._reply(404, b"not found\n", "text/plain", send_body)
+
+        def _reply(self, status: int, body: bytes, content_type: str, send_body: bool) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if send_body:
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: object) -> None:  # quiet: no access log
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    server = BoundedHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="credsync-http", daemon=True).start()
     return server

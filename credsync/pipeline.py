@@ -14,9 +14,9 @@ from loguru import logger
 
 from credsync.consumer_view import ConsumerView
 from credsync.decide import Action, decide
-from credsync.errors import PublishError, Rejection, UploadMissing, UploadUnsettled, printable
+from credsync.errors import PublishError, Rejection, SourceUnavailable, UploadMissing, UploadUnsettled, printable
 from credsync.events import Events
-from credsync.intake import Upload, read_upload
+from credsync.intake import SourceFolder, Upload
 from credsync.ledger import Entry, Ledger
 from credsync.publisher import keep_private_copy, read_current, write_atomically
 from credsync.routes import Route, RouteTable, is_rsync_temp
@@ -80,6 +80,7 @@ class Pipeline:
         self.ledger = ledger
         self.dry_run = dry_run
         self.events = events or Events()
+        self.source = SourceFolder(settings.source, settings.source_owner)
         self.consumer = ConsumerView(settings, ledger, self.events)
         self._last_logged: dict[str, tuple[Outcome, str]] = {}
         self._ignored: set[str] = set(routes.upload_folders())  # folders are not uploads: never logged
@@ -92,12 +93,11 @@ class Pipeline:
             self._note_ignored(name)
             return Result(name, Outcome.IGNORED)
         try:
-            upload = read_upload(
-                self.settings.source,
-                name,
-                max_bytes=self.settings.max_bytes,
-                settle_ns=self.settings.settle_ms * 1_000_000,
+            upload = self.source.read(
+                name, max_bytes=self.settings.max_bytes, settle_ns=self.settings.settle_ms * 1_000_000
             )
+        except SourceUnavailable as unavailable:  # said once by whoever runs the pipeline (watch, sync)
+            return self._report(route, Outcome.MISSING, "", unavailable.reason, level="DEBUG")
         except UploadMissing as missing:
             return self._report(route, Outcome.MISSING, "", missing.reason, level="DEBUG")
         except UploadUnsettled as unsettled:
@@ -110,7 +110,13 @@ class Pipeline:
 
     def _process_upload(self, route: Route, upload: Upload, complete: bool) -> Result:
         try:
-            summary = validate(route.kind, upload.data, max_bytes=self.settings.max_bytes, now_ms=now_ms())
+            summary = validate(
+                route.kind,
+                upload.data,
+                max_bytes=self.settings.max_bytes,
+                now_ms=now_ms(),
+                allow_commands=self.settings.allow_commands,
+            )
         except Rejection as rejection:
             if not complete:
                 return self._report(route, Outcome.INCOMPLETE, upload.sha256, rejection.reason, level="DEBUG")

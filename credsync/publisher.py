@@ -14,8 +14,11 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from loguru import logger
+
 from credsync.errors import PublishError
 from credsync.intake import read_at_most
+from credsync.safe_paths import describe_folder_error, open_folder
 
 TEMP_PREFIX = ".credsync."
 TEMP_SUFFIX = ".tmp"
@@ -26,10 +29,7 @@ READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CL
 def write_atomically(path: Path, data: bytes, *, uid: int, gid: int, mode: int) -> None:
     """Replace `path` with `data`, owned uid:gid with `mode`, or raise PublishError and leave
     `path` as it was."""
-    try:
-        folder_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as error:
-        raise PublishError(f"cannot open folder {path.parent}: {error.strerror}") from None
+    folder_fd = open_destination_folder(path)
     try:
         temp_name = f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
         try:
@@ -62,6 +62,15 @@ def write_temp(folder_fd: int, name: str, data: bytes, uid: int, gid: int, mode:
         os.close(file_fd)
 
 
+def open_destination_folder(path: Path) -> int:
+    """The folder `path` lives in, reached without following a symlink (the consumer owns it and
+    could swap a folder on the way for a link to somewhere only root may write)."""
+    try:
+        return open_folder(path.parent)
+    except OSError as error:
+        raise PublishError(f"cannot open the destination folder: {describe_folder_error(error)}") from None
+
+
 def describe_os_error(error: OSError) -> str:
     hints = {
         errno.ENOSPC: "no space left on the device; free some and credsync retries",
@@ -78,16 +87,19 @@ def describe_os_error(error: OSError) -> str:
 def read_current(path: Path, max_bytes: int) -> bytes | None:
     """The destination's bytes, or None when it is missing, a symlink or not a regular file
     (each of which a publish replaces). Reads at most max_bytes + 1."""
+    folder_fd = open_destination_folder(path)
     try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
+        if not stat.S_ISREG(os.stat(path.name, dir_fd=folder_fd, follow_symlinks=False).st_mode):
             return None  # a socket, FIFO or device must not even be opened
-        file_fd = os.open(path, READ_FLAGS)
+        file_fd = os.open(path.name, READ_FLAGS, dir_fd=folder_fd)
     except FileNotFoundError:
         return None
     except OSError as error:
-        if error.errno in (errno.ELOOP, errno.ENXIO):  # replaced by a link or socket since the lstat
+        if error.errno in (errno.ELOOP, errno.ENXIO):  # replaced by a link or socket since the stat
             return None
         raise PublishError(f"cannot read {path}: {describe_os_error(error)}") from None
+    finally:
+        os.close(folder_fd)
     try:
         if not stat.S_ISREG(os.fstat(file_fd).st_mode):
             return None
@@ -96,13 +108,31 @@ def read_current(path: Path, max_bytes: int) -> bytes | None:
         os.close(file_fd)
 
 
+def stat_destination(path: Path) -> os.stat_result | None:
+    """The destination's own metadata (never a link's target), or None when it is missing."""
+    folder_fd = open_destination_folder(path)
+    try:
+        return os.stat(path.name, dir_fd=folder_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise PublishError(f"cannot inspect {path}: {describe_os_error(error)}") from None
+    finally:
+        os.close(folder_fd)
+
+
 def ensure_private_folder(path: Path) -> None:
     """State folders: created 0700, owned by credsync; they may hold a previous generation."""
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path, 0o700, follow_symlinks=False)
+        folder_fd = open_folder(path)
     except OSError as error:
-        raise PublishError(f"cannot create state folder {path}: {describe_os_error(error)}") from None
+        problem = describe_folder_error(error) if error.errno == errno.ENOTDIR else describe_os_error(error)
+        raise PublishError(f"cannot create state folder {path}: {problem}") from None
+    try:
+        os.fchmod(folder_fd, 0o700)
+    finally:
+        os.close(folder_fd)
 
 
 def keep_private_copy(path: Path, data: bytes) -> None:
@@ -112,16 +142,43 @@ def keep_private_copy(path: Path, data: bytes) -> None:
 
 
 def remove_stale_temps(folders: Iterable[Path]) -> list[Path]:
-    """Temp files left by a crash mid-publish; only names credsync itself makes."""
+    """Temp files left by a crash mid-publish: regular files with names only credsync makes.
+    Anything else under such a name (a folder the consumer made, say) is left alone and said."""
     removed = []
     for folder in folders:
         try:
-            names = os.listdir(folder)
+            folder_fd = open_folder(folder)
         except FileNotFoundError:
             continue
-        for name in names:
-            if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
-                with contextlib.suppress(FileNotFoundError):
-                    (folder / name).unlink()
-                    removed.append(folder / name)
+        except OSError as error:
+            logger.bind(folder=str(folder)).warning(f"cannot clean up temp files: {describe_folder_error(error)}")
+            continue
+        try:
+            removed += [folder / name for name in remove_temps_in(folder_fd, folder)]
+        finally:
+            os.close(folder_fd)
+    return removed
+
+
+def remove_temps_in(folder_fd: int, folder: Path) -> list[str]:
+    removed = []
+    try:
+        entries = [entry.name for entry in os.scandir(folder_fd)]
+    except OSError as error:
+        logger.bind(folder=str(folder)).warning(f"cannot list the folder to clean up temp files: {error.strerror}")
+        return []
+    for name in entries:
+        if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
+            continue
+        try:
+            if not stat.S_ISREG(os.stat(name, dir_fd=folder_fd, follow_symlinks=False).st_mode):
+                logger.bind(folder=str(folder)).warning("left alone: something not a file has a temp file's name")
+                continue
+            os.unlink(name, dir_fd=folder_fd)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            logger.bind(folder=str(folder)).warning(f"cannot remove a stale temp file: {error.strerror}")
+            continue
+        removed.append(name)
     return removed

@@ -139,9 +139,7 @@ def route_from_spec(spec: RouteSpec, settings: Settings) -> Route:
         destination = absolute_path(spec.destination.format(claude_dir=settings.claude_dir, aws_dir=settings.aws_dir))
     except (KeyError, IndexError, ValueError):
         raise ConfigError(f"route {spec.upload!r}: destination may only use {{claude_dir}} and {{aws_dir}}") from None
-    for folder in (settings.source, settings.state_dir):
-        if is_within(destination, folder):
-            raise ConfigError(f"route {spec.upload!r}: destination {destination} is inside {folder}")
+    check_destination(spec, destination, settings)
     uid, gid = spec.owner or settings.owner
     return Route(
         normalise_upload_path(spec.upload),
@@ -151,6 +149,23 @@ def route_from_spec(spec: RouteSpec, settings: Settings) -> Route:
         gid,
         settings.mode if spec.mode is None else spec.mode,
     )
+
+
+def check_destination(spec: RouteSpec, destination: Path, settings: Settings) -> None:
+    """A destination stays where its template says: no `..`, inside the folder it names (never the
+    folder itself), and never in the source or the state folder."""
+    if ".." in PurePosixPath(spec.destination).parts:
+        raise ConfigError(f"route {spec.upload!r}: destination must not contain '..'")
+    for placeholder, base in (("{claude_dir}", settings.claude_dir), ("{aws_dir}", settings.aws_dir)):
+        if (
+            base is not None
+            and placeholder in spec.destination
+            and not (destination != base and is_within(destination, base))
+        ):
+            raise ConfigError(f"route {spec.upload!r}: destination {destination} must lie inside {placeholder}")
+    for folder in (settings.source, settings.state_dir):
+        if is_within(destination, folder):
+            raise ConfigError(f"route {spec.upload!r}: destination {destination} is inside {folder}")
 
 
 def kind_for_filename(filename: str) -> Kind | None:

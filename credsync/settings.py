@@ -87,6 +87,28 @@ ListenAddress = Annotated[
     BeforeValidator(parse_listen_address),
     PlainSerializer(lambda address: f"{address[0]}:{address[1]}", return_type=str),
 ]
+
+
+def parse_host_path_variables(value: object) -> tuple[tuple[str, str | None], ...]:
+    if isinstance(value, tuple):
+        return value
+    pairs: list[tuple[str, str | None]] = []
+    for item in filter(None, (part.strip() for part in str(value).split(","))):
+        name, equals, path = item.partition("=")
+        if not name.isidentifier() or (equals and not path.startswith("/")):
+            raise ValueError(f"must be NAME or NAME=/container/path, comma-separated, got {item!r}")
+        pairs.append((name, path if equals else None))
+    return tuple(pairs)
+
+
+HostPathVariables = Annotated[
+    tuple[tuple[str, str | None], ...],
+    NoDecode,
+    BeforeValidator(parse_host_path_variables),
+    PlainSerializer(
+        lambda pairs: ",".join(name if path is None else f"{name}={path}" for name, path in pairs), return_type=str
+    ),
+]
 NotifyMode = Literal["auto", "signal", "exec", "http", "none"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
@@ -103,6 +125,14 @@ class Settings(BaseSettings):
     mode: Mode = Field(0o600, description="permission mode of published files")
     aws_dir: AbsolutePath | None = Field(None, description="destination of AWS files; unset disables AWS routes")
     aws_owner: Owner = Field((0, 0), description="UID:GID of the AWS files")
+    source_owner: int | None = Field(
+        None, ge=0, description="UID that must own the source folder (default: its owner when credsync starts)"
+    )
+    allow_commands: bool = Field(
+        False,
+        description="publish files that make Claude Code or AWS tools run a command"
+        " (apiKeyHelper, hooks, MCP server commands, credential_process): the uploader can then run code there",
+    )
     state_dir: AbsolutePath = Field(Path("/var/lib/credsync"), description="ledger and previous generations")
     settle_ms: int = Field(250, ge=0, le=60_000, description="quiet time before an upload is read")
     max_bytes: int = Field(1 << 20, ge=1, le=64 << 20, description="largest upload accepted")
@@ -124,8 +154,10 @@ class Settings(BaseSettings):
     docker_host: str = Field("unix:///var/run/docker.sock", description="Docker Engine API address")
     http: ListenAddress | None = Field(None, description="HOST:PORT for /healthz and /metrics (off when unset)")
     expiry_warn_hours: int = Field(72, ge=0, le=24 * 365, description="warn this long before a refresh token expires")
-    host_dir_variable: str = Field(
-        "CLAUDE_AUTH_HOST_DIR", description="consumer variable that must hold a volume's host path (doctor)"
+    host_path_variables: HostPathVariables = Field(
+        (("CLAUDE_AUTH_HOST_DIR", None), ("HOST_SESSIONS_DIR", "/app/sessions")),
+        description="consumer variables that must hold a volume's host path (doctor): NAME for the Claude"
+        " volume, NAME=/path for the volume the consumer mounts at /path; comma-separated",
     )
 
     @property

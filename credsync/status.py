@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import stat
 from typing import Any
 
 from credsync.credential_health import claude_health
-from credsync.errors import CredsyncError, Rejection, UploadMissing
-from credsync.intake import read_upload
+from credsync.errors import CredsyncError, PublishError, Rejection, SourceUnavailable, UploadMissing
+from credsync.intake import SourceFolder
 from credsync.ledger import Ledger
 from credsync.notify_record import read_notification
-from credsync.publisher import read_current
+from credsync.publisher import read_current, stat_destination
 from credsync.routes import Route, RouteTable
 from credsync.settings import Settings
 from credsync.timefmt import now_ms, relative
@@ -26,19 +25,20 @@ HASH_PREFIX = 12
 def gather(settings: Settings, routes: RouteTable) -> dict[str, Any]:
     ledger = Ledger(settings.state_dir)
     now = now_ms()
+    source = SourceFolder(settings.source, settings.source_owner)
     return {
-        "routes": [route_status(settings, route, ledger, now) for route in routes],
+        "routes": [route_status(settings, source, route, ledger, now) for route in routes],
         "notification": read_notification(settings.state_dir),
     }
 
 
-def route_status(settings: Settings, route: Route, ledger: Ledger, now: int) -> dict[str, Any]:
+def route_status(settings: Settings, source: SourceFolder, route: Route, ledger: Ledger, now: int) -> dict[str, Any]:
     entry = ledger.last(route.upload)
     return {
         "route": route.upload,
         "kind": route.kind,
         "destination": str(route.destination),
-        "upload": upload_status(settings, route),
+        "upload": upload_status(settings, source, route),
         "published": None
         if entry is None
         else {"at_ms": entry.published_at_ms, "sha256_prefix": entry.sha256[:HASH_PREFIX], "bytes": entry.size},
@@ -49,16 +49,24 @@ def route_status(settings: Settings, route: Route, ledger: Ledger, now: int) -> 
     }
 
 
-def upload_status(settings: Settings, route: Route) -> dict[str, Any]:
+def upload_status(settings: Settings, source: SourceFolder, route: Route) -> dict[str, Any]:
     try:
-        upload = read_upload(settings.source, route.upload, max_bytes=settings.max_bytes, settle_ns=0)
+        upload = source.read(route.upload, max_bytes=settings.max_bytes, settle_ns=0)
     except UploadMissing:
         return {"present": False}
+    except SourceUnavailable as error:
+        return {"present": False, "problem": error.reason}
     except CredsyncError as error:
         return {"present": True, "problem": error.reason}
     found: dict[str, Any] = {"present": True, "sha256_prefix": upload.sha256[:HASH_PREFIX], "bytes": len(upload.data)}
     try:
-        validate(route.kind, upload.data, max_bytes=settings.max_bytes, now_ms=now_ms())
+        validate(
+            route.kind,
+            upload.data,
+            max_bytes=settings.max_bytes,
+            now_ms=now_ms(),
+            allow_commands=settings.allow_commands,
+        )
     except Rejection as rejection:
         found["problem"] = rejection.reason
     return found
@@ -66,11 +74,12 @@ def upload_status(settings: Settings, route: Route) -> dict[str, Any]:
 
 def destination_status(settings: Settings, route: Route, now: int) -> dict[str, Any]:
     try:
-        info = os.lstat(route.destination)
-    except FileNotFoundError:
+        info = stat_destination(route.destination)
+        data = read_current(route.destination, settings.max_bytes) if info and stat.S_ISREG(info.st_mode) else None
+    except PublishError as error:
+        return {"present": False, "problem": error.reason}
+    if info is None:
         return {"present": False}
-    except OSError as error:
-        return {"present": False, "problem": error.strerror}
     owner_ok = (info.st_uid, info.st_gid) == (route.uid, route.gid)
     mode_ok = stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == route.mode
     held: dict[str, Any] = {
@@ -79,7 +88,6 @@ def destination_status(settings: Settings, route: Route, now: int) -> dict[str, 
         "mode": f"{stat.S_IMODE(info.st_mode):04o}",
         "owner_and_mode_ok": owner_ok and mode_ok,
     }
-    data = read_current(route.destination, settings.max_bytes) if stat.S_ISREG(info.st_mode) else None
     if data is None:
         return held
     held["sha256_prefix"] = hashlib.sha256(data).hexdigest()[:HASH_PREFIX]
@@ -124,7 +132,7 @@ def render_text(report: dict[str, Any]) -> str:
 
 def describe_upload(upload: dict[str, Any]) -> str:
     if not upload["present"]:
-        return "absent"
+        return f"absent: {upload['problem']}" if upload.get("problem") else "absent"
     if upload.get("problem"):
         return f"present, refused: {upload['problem']}"  # not published; the reason is the fix
     return f"present, sha {upload['sha256_prefix']}, {upload['bytes']} bytes"

@@ -16,10 +16,58 @@ from credsync.routes import Kind
 from credsync.timefmt import relative
 
 MAX_NESTING = 32
-# Names that are safe to quote in a reason: short identifiers, never token-shaped text.
-QUOTABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_ .]{0,40}$")
-JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-BRACKET = re.compile(r"[\[\]{}]")
+# A string, closed or running to the end: possessive, so a failed match never backtracks (the
+# old `"(?:[^"\\]|\\.)*"` rescanned from every quote inside an unterminated string: quadratic).
+JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*+(?:"|\\?\Z)', re.DOTALL)
+NOT_BRACKETS = re.compile(r"[^\[\]{}]++")
+SQUARE = str.maketrans("{}", "[]")  # in valid JSON only the depth matters, not the kind of bracket
+MAX_INI_LINE = 16_384  # AWS session tokens run to a few KB; nothing sound is longer
+MAX_INI_LINES = 10_000  # configparser spends ~15 µs a section: this bounds a crafted file to ~0.2 s
+# Names quoted in a reason: only fields credsync knows. Anything else in key position may be a
+# secret pasted in the wrong place (an AWS secret key is 40 letters and digits).
+KNOWN_NAMES = frozenset(
+    {
+        "claudeAiOauth",
+        "accessToken",
+        "refreshToken",
+        "expiresAt",
+        "scopes",
+        "subscriptionType",
+        "rateLimitTier",
+        "refreshTokenExpiresAt",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "region",
+        "output",
+        "role_arn",
+        "source_profile",
+        "credential_process",
+    }
+)
+# Section names are quoted when short: a profile name is what the operator needs to find the
+# problem, and no secret (40 characters and more) fits.
+QUOTABLE_SECTION = re.compile(r"^(?:(?:profile|sso-session|services) )?[A-Za-z0-9_.-]{1,24}$")
+# What makes Claude Code run a command (settings.json, .claude.json) or an AWS SDK (INI files).
+CLAUDE_COMMAND_KEYS = (
+    "apiKeyHelper",
+    "awsAuthRefresh",
+    "awsCredentialExport",
+    "otelHeadersHelper",
+    "hooks",
+    "statusLine",
+)
+COMMAND_ENVIRONMENT = (
+    "NODE_OPTIONS",
+    "LD_PRELOAD",
+    "LD_AUDIT",
+    "LD_LIBRARY_PATH",
+    "BASH_ENV",
+    "ENV",
+    "CLAUDE_CODE_SHELL_PREFIX",
+)
+AWS_COMMAND_KEYS = ("credential_process",)
+ALLOW_COMMANDS_HINT = "set CREDSYNC_ALLOW_COMMANDS=true only if whoever uploads may run code where the file is read"
 AWS_ACCESS_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")  # AWS's documented shape; a cut-off one is short
 TOKEN_TEXT = r"^[\x21-\x7e]+$"  # noqa: S105 - a pattern, not a password  # printable ASCII, no whitespace: it becomes an HTTP header
 
@@ -52,14 +100,20 @@ class ClaudeCredentialsFile(BaseModel):
     claudeAiOauth: ClaudeOauth
 
 
-def validate(kind: Kind, data: bytes, *, max_bytes: int, now_ms: int) -> CredentialSummary:
+def validate(
+    kind: Kind, data: bytes, *, max_bytes: int, now_ms: int, allow_commands: bool = False
+) -> CredentialSummary:
     text = decode_text(data, max_bytes)
     if kind == "claude-oauth":
         return validate_claude_oauth(parse_json_object(text), now_ms)
     if kind == "json":
-        parse_json_object(text)
+        document = parse_json_object(text)
+        if not allow_commands:
+            refuse_claude_commands(document)
         return CredentialSummary(kind)
     parser = parse_ini(text)
+    if not allow_commands:
+        refuse_aws_commands(parser)
     if kind == "aws-credentials":
         return validate_aws_credentials(parser)
     return CredentialSummary(kind, sections=tuple(parser.sections()))
@@ -95,30 +149,73 @@ def decode_text(data: bytes, max_bytes: int) -> str:
 
 
 def parse_json_object(text: str) -> dict[str, Any]:
-    if nesting_depth(text) > MAX_NESTING:
-        raise Rejection(f"JSON nests deeper than {MAX_NESTING} levels", code="nesting")
+    """CPython's C decoder is linear in the input and stops at its recursion limit; the nesting
+    cap is checked after it, on text known to be valid JSON."""
     try:
         document = json.loads(text, object_pairs_hook=reject_duplicate_keys, parse_constant=reject_constant)
     except json.JSONDecodeError as error:
+        message = error.msg.removesuffix(" at")  # "Unterminated string starting at" names no place
         raise Rejection(
-            f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}", code="not-json"
+            f"not valid JSON: {message} at line {error.lineno} column {error.colno}; the file may be cut short",
+            code="not-json",
         ) from None
     except RecursionError:
-        raise Rejection("JSON nests too deeply", code="nesting") from None
+        raise Rejection(f"JSON nests deeper than {MAX_NESTING} levels", code="nesting") from None
     except ValueError:  # int() refuses numbers of more than 4300 digits
         raise Rejection("JSON holds a number too large to read", code="huge-number") from None
     if not isinstance(document, dict):
         raise Rejection(f"JSON top level is {json_type(document)}, expected an object", code="not-object")
+    if nesting_depth(text) > MAX_NESTING:
+        raise Rejection(f"JSON nests deeper than {MAX_NESTING} levels", code="nesting")
     return document
 
 
 def nesting_depth(text: str) -> int:
-    """Bracket depth outside strings, found without recursion (the parser would recurse)."""
-    depth = deepest = 0
-    for bracket in BRACKET.findall(JSON_STRING.sub("", text)):
-        depth += 1 if bracket in "[{" else -1
-        deepest = max(deepest, depth)
-    return deepest
+    """Bracket depth of valid JSON, up to MAX_NESTING + 1, in at most that many linear passes in C:
+    strings removed, everything but brackets dropped, then the innermost pairs peeled per pass."""
+    brackets = NOT_BRACKETS.sub("", JSON_STRING.sub("", text)).translate(SQUARE)
+    depth = 0
+    while brackets and depth <= MAX_NESTING:
+        brackets = brackets.replace("[]", "")  # one pass peels one level: pairs it makes wait for the next
+        depth += 1
+    return depth
+
+
+def refuse_claude_commands(document: dict[str, Any]) -> None:
+    """settings.json and .claude.json can make Claude Code run commands wherever it reads them."""
+    found = [key for key in CLAUDE_COMMAND_KEYS if document.get(key)]
+    environment = document.get("env")
+    if isinstance(environment, dict):
+        found += [f"env.{name}" for name in COMMAND_ENVIRONMENT if name in environment]
+    if starts_mcp_commands(document.get("mcpServers")):
+        found.append("mcpServers.*.command")
+    projects = document.get("projects")
+    if isinstance(projects, dict) and any(
+        isinstance(project, dict) and starts_mcp_commands(project.get("mcpServers")) for project in projects.values()
+    ):
+        found.append("projects.*.mcpServers.*.command")
+    if found:
+        raise Rejection(
+            f"{found[0]} makes Claude Code run a command; refused ({ALLOW_COMMANDS_HINT})", code="runs-command"
+        )
+
+
+def starts_mcp_commands(servers: object) -> bool:
+    """A stdio MCP server is a command Claude Code starts; a `url` one is not."""
+    return isinstance(servers, dict) and any(
+        isinstance(server, dict) and "command" in server for server in servers.values()
+    )
+
+
+def refuse_aws_commands(parser: configparser.ConfigParser) -> None:
+    for section in parser.sections():
+        for key in AWS_COMMAND_KEYS:
+            if parser.has_option(section, key):
+                raise Rejection(
+                    f"profile {quote_section(section)}: {key} makes AWS tools run a command; refused"
+                    f" ({ALLOW_COMMANDS_HINT})",
+                    code="runs-command",
+                )
 
 
 def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -140,7 +237,11 @@ def json_type(value: object) -> str:
 
 
 def quote_name(name: str) -> str:
-    return repr(name) if QUOTABLE_NAME.match(name) else "(a key not shown)"
+    return repr(name) if name in KNOWN_NAMES else "(a key not shown)"
+
+
+def quote_section(section: str) -> str:
+    return repr(section) if QUOTABLE_SECTION.match(section) else "(a section not shown)"
 
 
 def validate_claude_oauth(document: dict[str, Any], now_ms: int) -> CredentialSummary:
@@ -180,26 +281,40 @@ def describe_model_error(error: ValidationError) -> str:
 
 
 def quote_location(part: str | int) -> str:
-    return str(part) if isinstance(part, int) or QUOTABLE_NAME.match(part) else "?"
+    return str(part) if isinstance(part, int) or part in KNOWN_NAMES else "?"
+
+
+class LinearConfigParser(configparser.ConfigParser):
+    """configparser's option pattern (`.*?\\s*[=:]`) backtracks quadratically on a long line with
+    no delimiter; this one cannot (possessive), and splits at the same first `=` or `:`. The
+    option name keeps trailing blanks, which configparser strips itself."""
+
+    OPTCRE = re.compile(r"(?P<option>[^=:]*+)(?P<vi>[=:])\s*+(?P<value>.*)$")
 
 
 def parse_ini(text: str) -> configparser.ConfigParser:
     if not text.endswith("\n"):
         # Tools write INI files line by line; a last line without its newline was cut short.
         raise Rejection("INI file does not end with a newline: it looks cut short; upload it again", code="truncated")
+    text_lines = text.split("\n")
+    if len(text_lines) > MAX_INI_LINES:
+        raise Rejection(f"INI file has more than {MAX_INI_LINES} lines; AWS files are far smaller", code="long-file")
+    for lineno, line in enumerate(text_lines, 1):
+        if len(line) > MAX_INI_LINE:
+            raise Rejection(f"INI line {lineno} is longer than {MAX_INI_LINE} characters", code="long-line")
     # No interpolation (AWS tools do none) and no DEFAULT magic: every section is ordinary.
-    parser = configparser.ConfigParser(interpolation=None, strict=True, default_section="\x00")
+    parser = LinearConfigParser(interpolation=None, strict=True, default_section="\x00")
     try:
         parser.read_string(text)
     except configparser.MissingSectionHeaderError as error:
         raise Rejection(f"INI line {error.lineno} comes before any [section]", code="not-ini") from None
     except configparser.DuplicateSectionError as error:
         raise Rejection(
-            f"INI section {quote_name(error.section)} appears twice (line {error.lineno})", code="duplicate-section"
+            f"INI section {quote_section(error.section)} appears twice (line {error.lineno})", code="duplicate-section"
         ) from None
     except configparser.DuplicateOptionError as error:
         raise Rejection(
-            f"INI key {quote_name(error.option)} appears twice in section {quote_name(error.section)}"
+            f"INI key {quote_name(error.option)} appears twice in section {quote_section(error.section)}"
             f" (line {error.lineno})",
             code="duplicate-key",
         ) from None
@@ -216,7 +331,7 @@ def parse_ini(text: str) -> configparser.ConfigParser:
         for key, value in parser.items(section):
             if "%(" in value:
                 raise Rejection(
-                    f"INI key {quote_name(key)} in section {quote_name(section)} uses %(...) interpolation,"
+                    f"INI key {quote_name(key)} in section {quote_section(section)} uses %(...) interpolation,"
                     " which AWS tools do not expand",
                     code="interpolation",
                 )
@@ -227,10 +342,10 @@ def validate_aws_credentials(parser: configparser.ConfigParser) -> CredentialSum
     for section in parser.sections():
         for key in ("aws_access_key_id", "aws_secret_access_key"):
             if not parser.get(section, key, fallback="").strip():
-                raise Rejection(f"profile {quote_name(section)} has no {key}", code="missing-key")
+                raise Rejection(f"profile {quote_section(section)} has no {key}", code="missing-key")
         if not AWS_ACCESS_KEY_ID.match(parser.get(section, "aws_access_key_id").strip()):
             raise Rejection(
-                f"profile {quote_name(section)}: aws_access_key_id is not 16-128 capital letters and digits",
+                f"profile {quote_section(section)}: aws_access_key_id is not 16-128 capital letters and digits",
                 code="schema",
             )
     return CredentialSummary("aws-credentials", sections=tuple(parser.sections()))

@@ -10,9 +10,10 @@ import contextlib
 import logging
 import os
 import stat
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from loguru import logger
 from watchdog.events import (
@@ -29,7 +30,9 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from credsync.publisher import TEMP_PREFIX
+from credsync.errors import SourceUnavailable
+from credsync.intake import SourceFolder
+from credsync.safe_paths import describe_folder_error, open_folder, open_subfolders
 
 WATCHED_EVENTS: list[type[FileSystemEvent]] = [
     FileClosedEvent,
@@ -51,14 +54,27 @@ class Callbacks:
 
 
 class UploadEventHandler(FileSystemEventHandler):
-    def __init__(self, source: Path, callbacks: Callbacks) -> None:
+    """On the source and each upload folder a route names (`aws`), each watched on its own."""
+
+    def __init__(self, source: Path, upload_folders: set[str], callbacks: Callbacks) -> None:
         self.source = os.fsdecode(source)
+        self.upload_folders = upload_folders
         self.callbacks = callbacks
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         path = os.fsdecode(event.dest_path or event.src_path)
         if isinstance(event, DirDeletedEvent | DirMovedEvent) and os.fsdecode(event.src_path) == self.source:
             self.callbacks.lost("the source folder was replaced")
+            return
+        if (
+            event.is_directory
+            and {
+                relative_name(self.source, os.fsdecode(event.src_path)),
+                relative_name(self.source, os.fsdecode(event.dest_path)),
+            }
+            & self.upload_folders
+        ):
+            self.callbacks.lost("an upload folder was created, moved or deleted")
             return
         if isinstance(event, DirDeletedEvent):
             return
@@ -93,8 +109,8 @@ class DestinationEventHandler(FileSystemEventHandler):
         self.rewritten = rewritten
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if os.path.basename(os.fsdecode(event.src_path)).startswith(TEMP_PREFIX):
-            return  # credsync's own publication renamed into place: nothing to read back
+        # credsync's own renames come here too (the consumer can use the same temp names, so they
+        # are not skipped by name): reading them back finds the ledger's hash and stops there.
         upload = self.uploads_by_destination.get(os.fsdecode(event.dest_path or event.src_path))
         if upload is not None:
             self.rewritten(upload)
@@ -102,6 +118,8 @@ class DestinationEventHandler(FileSystemEventHandler):
 
 def relative_name(source: str, path: str) -> str | None:
     """The upload name (POSIX, relative to the source), or None for the source itself or outside."""
+    if not path:
+        return None
     relative = os.path.relpath(path, source)
     if relative == "." or relative.startswith(".." + os.sep) or relative == "..":
         return None
@@ -128,59 +146,87 @@ class WatchdogTrouble(logging.Handler):
 
 
 class Watcher:
-    def __init__(self, source: Path, destinations: dict[Path, str], callbacks: Callbacks) -> None:
+    """Watches only the folders routes name, each on its own (never recursively: an uploader's
+    3,000 folders or a 300-deep chain cost nothing). Each is opened without following links
+    first, and `healthy` turns false when any of them is no longer the folder being watched."""
+
+    def __init__(
+        self, source: SourceFolder, upload_folders: set[str], destinations: dict[Path, str], callbacks: Callbacks
+    ) -> None:
         """`destinations`: published file path → its upload name."""
         self.source = source
+        self.upload_folders = upload_folders
         self.destinations = {os.fspath(path): upload for path, upload in destinations.items()}
         self.callbacks = callbacks
         self._observer: BaseObserver | None = None
-        self._watched_inode: tuple[int, int] | None = None
+        self._watched: dict[str, FolderIdentity] | None = None
         self._trouble = WatchdogTrouble(callbacks.lost)
 
     def start(self) -> None:
-        """Raises OSError when the source cannot be watched (missing, unreadable)."""
-        info = os.stat(self.source)
+        """Raises SourceUnavailable when the source cannot be watched (missing, a link, unreadable)."""
+        identities = self._identities()
         observer = Observer(timeout=0.2)
-        observer.schedule(
-            UploadEventHandler(self.source, self.callbacks),
-            os.fspath(self.source),
-            recursive=True,
-            event_filter=WATCHED_EVENTS,
-        )
+        handler = UploadEventHandler(self.source.path, self.upload_folders, self.callbacks)
+        for folder, identity in sorted(identities.items()):
+            if identity is not None:
+                observer.schedule(
+                    handler, os.fspath(self.source.path / folder), recursive=False, event_filter=WATCHED_EVENTS
+                )
         with contextlib.suppress(OSError):  # no parent to watch (/): mount changes and rescans cover it
             observer.schedule(
-                SourceReplacedHandler(os.fspath(self.source), self.callbacks.lost),
-                os.path.dirname(os.fspath(self.source)),
+                SourceReplacedHandler(os.fspath(self.source.path), self.callbacks.lost),
+                os.path.dirname(os.fspath(self.source.path)),
                 recursive=False,
                 event_filter=[DirCreatedEvent, DirDeletedEvent, DirMovedEvent],
             )
         self._watch_destinations(observer)
         logging.getLogger("watchdog").addHandler(self._trouble)
+        # watchdog warns through `warnings` with every watched path in the text: never let that
+        # bypass the log formatter (the watches are few and flat now, so there is nothing to say).
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module="watchdog")
         observer.start()
         self._observer = observer
-        self._watched_inode = (info.st_dev, info.st_ino)
+        self._watched = identities
+
+    def _identities(self) -> dict[str, FolderIdentity]:
+        """The source ('.') and each upload folder: (device, inode), or None where a folder is
+        missing, a symlink or unreadable (it is then not watched; intake says why at a rescan)."""
+        source_fd = self.source.open()
+        try:
+            identities: dict[str, FolderIdentity] = {".": identity_of(source_fd)}
+            for folder in self.upload_folders:
+                try:
+                    folder_fd = open_subfolders(source_fd, PurePosixPath(folder))
+                except OSError:
+                    identities[folder] = None
+                    continue
+                identities[folder] = identity_of(folder_fd)
+                os.close(folder_fd)
+            return identities
+        finally:
+            os.close(source_fd)
 
     def _watch_destinations(self, observer: BaseObserver) -> None:
         handler = DestinationEventHandler(self.destinations, self.callbacks.rewritten)
         for folder in sorted({os.path.dirname(path) for path in self.destinations}):
             try:
+                os.close(open_folder(Path(folder)))  # inotify would follow a symlinked folder
                 observer.schedule(handler, folder, recursive=False, event_filter=[FileClosedEvent, FileMovedEvent])
             except OSError as error:
                 # Consumer-side changes then show at the next rescan instead; publishing is unaffected.
-                logger.bind(folder=folder).warning(f"cannot watch a destination folder: {error.strerror}")
+                logger.bind(folder=folder).warning(f"cannot watch a destination folder: {describe_folder_error(error)}")
 
     def healthy(self) -> bool:
-        """Still watching the folder that is at the source path now (not a deleted one). watchdog
-        ends a watch's emitter when its folder goes, while the observer itself lives on."""
+        """Still watching the folders that are at those paths now (not deleted or swapped ones).
+        watchdog ends a watch's emitter when its folder goes, while the observer itself lives on."""
         if self._observer is None or not self._observer.is_alive():
             return False
         if not all(emitter.is_alive() for emitter in self._observer.emitters):
             return False
         try:
-            info = os.stat(self.source)
-        except OSError:
+            return self._identities() == self._watched
+        except SourceUnavailable:
             return False
-        return (info.st_dev, info.st_ino) == self._watched_inode
 
     def stop(self) -> None:
         logging.getLogger("watchdog").removeHandler(self._trouble)
@@ -188,3 +234,11 @@ class Watcher:
             self._observer.stop()
             self._observer.join(timeout=1.0)
             self._observer = None
+
+
+FolderIdentity = tuple[int, int] | None
+
+
+def identity_of(folder_fd: int) -> tuple[int, int]:
+    info = os.fstat(folder_fd)
+    return info.st_dev, info.st_ino

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 # Built at run time so no committed file holds a token-shaped string; obviously fake.
 CANARY = "CANARY" + secrets.token_hex(12)
@@ -136,11 +136,15 @@ class LogLine:
         return self.fields.get(key)
 
 
+class HasFolderFlags(Protocol):
+    def args(self) -> list[str]: ...
+
+
 @dataclass
 class WatchProcess:
     """`credsync watch --log-format json` in a subprocess; every log line is parsed and kept."""
 
-    folders: Folders
+    folders: HasFolderFlags
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     lines: list[LogLine] = field(default_factory=list)

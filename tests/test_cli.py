@@ -41,7 +41,7 @@ def test_sync_exits_3_when_publishing_fails(folders: Folders) -> None:
     folders.upload(".credentials.json", claude_credentials())
     folders.claude_dir.rmdir()
     result = run_cli("sync", *folders.args())
-    assert result.returncode == 3 and "cannot open folder" in result.stderr
+    assert result.returncode == 3 and "cannot open the destination folder" in result.stderr
 
 
 def test_dry_run_writes_nothing(folders: Folders) -> None:

@@ -24,7 +24,8 @@ def test_health_follows_the_daemon(folders: Folders) -> None:
         code, said = health(folders)
         assert code == 0 and said.startswith("healthy: pid")
         shutil.rmtree(folders.source)
-        process.wait_for("cannot watch the source folder: No such file or directory; retrying every 5s")
+        refused = process.wait_for("cannot watch the source folder; retrying every 5s")
+        assert str(refused["reason"]).endswith("does not exist")
         wait_until(lambda: health(folders)[0] == 1)
         assert "watcher is down" in health(folders)[1]
         folders.source.mkdir()

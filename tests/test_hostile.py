@@ -59,7 +59,7 @@ def good_upload(route: str, serial: int) -> bytes:
         ).encode()
     if route == "aws/config":
         return f"[default]\nregion = eu-west-{serial}\n".encode()
-    return json.dumps({"serial": serial, "apiKeyHelper": f"helper-{CANARY}"}).encode()
+    return json.dumps({"serial": serial, "env": {"ANTHROPIC_API_KEY": f"key-{CANARY}"}}).encode()
 
 
 def sha(data: bytes) -> str:
@@ -517,6 +517,13 @@ HOSTILE_NAMES = [
 ]
 
 
+def logged_name(name: str) -> str:
+    """What the daemon sees of a planted name: only the source and `aws/` are watched, so a file
+    in any other folder shows as that folder appearing."""
+    parent, _, _ = name.rpartition("/")
+    return name if parent in ("", "aws") else name.split("/", 1)[0]
+
+
 def plant_hostile_names(folders: Folders) -> None:
     for name in HOSTILE_NAMES:
         path = folders.source / name
@@ -524,18 +531,29 @@ def plant_hostile_names(folders: Folders) -> None:
         path.write_bytes(b"{}")
 
 
+@pytest.fixture
+def aws_folder(folders: Folders) -> Path:
+    """There before the daemon starts: names inside a folder are seen from when it is watched
+    (only route names are looked for again when an upload folder appears)."""
+    folder = folders.source / "aws"
+    folder.mkdir()
+    return folder
+
+
+@pytest.mark.usefixtures("aws_folder")
 def test_hostile_file_names_are_logged_escaped_as_json(folders: Folders, daemon: WatchProcess) -> None:
     plant_hostile_names(folders)
     good = claude_credentials(serial=1)
     folders.upload(CREDENTIALS, good)
     daemon.wait_for("published", route=CREDENTIALS, sha=sha12(good))
     for name in HOSTILE_NAMES:
-        daemon.wait_for("ignored: no route for this name", upload=printable(name), timeout=5)
+        daemon.wait_for("ignored: no route for this name", upload=printable(logged_name(name)), timeout=5)
     assert not any(line["message"] == "<not json>" for line in daemon.lines)
     assert not any("\x1b" in line.raw for line in daemon.lines)
     assert not daemon.matching("published", route=".credentials.json\n")
 
 
+@pytest.mark.usefixtures("aws_folder")
 def test_hostile_file_names_keep_text_logs_one_line_per_record_without_escapes(folders: Folders) -> None:
     process = WatchProcess(folders, ["--settle-ms=50", "--log-format=text"])  # the last --log-format wins
     try:
@@ -551,7 +569,7 @@ def test_hostile_file_names_keep_text_logs_one_line_per_record_without_escapes(f
     assert all(TEXT_LINE.match(line) for line in raw), "a record spans lines or a line is not a record"
     assert not any(character in line for line in raw for character in "\x1b\x07\r\x7f\u202e")
     for name in HOSTILE_NAMES:
-        assert any(printable(name) in line for line in raw), f"{name!r} is not logged escaped"
+        assert any(printable(logged_name(name)) in line for line in raw), f"{name!r} is not logged escaped"
     assert "\x1b" not in printable("\x1b") and "\n" not in printable("\n")
 
 

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from credsync.errors import Rejection, UploadMissing, UploadUnsettled
-from credsync.intake import read_upload
+from credsync.errors import Rejection, SourceUnavailable, UploadMissing, UploadUnsettled
+from credsync.intake import SourceFolder
 from tests.helpers import wait_until
 
 MAX = 1 << 20
 
 
 def read(source: Path, name: str, settle_ns: int = 0) -> bytes:
-    return read_upload(source, name, max_bytes=MAX, settle_ns=settle_ns).data
+    return SourceFolder(source).read(name, max_bytes=MAX, settle_ns=settle_ns).data
 
 
 def rejection(source: Path, name: str) -> str:
@@ -30,7 +30,7 @@ def rejection(source: Path, name: str) -> str:
 
 def test_a_regular_file_is_read_whole(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"x" * 200_000)
-    upload = read_upload(tmp_path, "f", max_bytes=MAX, settle_ns=0)
+    upload = SourceFolder(tmp_path).read("f", max_bytes=MAX, settle_ns=0)
     assert upload.data == b"x" * 200_000 and len(upload.sha256) == 64
 
 
@@ -101,7 +101,7 @@ def test_missing_upload_and_missing_folder(tmp_path: Path) -> None:
         read(tmp_path, "f")
     with pytest.raises(UploadMissing):
         read(tmp_path, "aws/credentials")
-    with pytest.raises(UploadMissing):
+    with pytest.raises(SourceUnavailable, match="does not exist"):
         read(tmp_path / "gone", "f")
 
 

@@ -75,7 +75,8 @@ def test_doctor_finds_the_wrong_host_path_and_names_the_right_one(
 
 def test_doctor_reports_an_unwritable_target_and_a_missing_docker_socket(folders: Folders) -> None:
     missing = folders.claude_dir / "gone"
-    code, lines = doctor(folders, f"--claude-dir={missing}", "--docker-host=unix:///nonexistent/docker.sock")
+    nowhere = "--docker-host=unix:///nonexistent/docker.sock"
+    code, lines = doctor(folders, f"--claude-dir={missing}", nowhere, "--notify-target=webhook")
     assert code == 1
     assert f"✗ destination {missing} is writable and ownership can be set (1001:1001)" in lines
     assert "✗ Docker Engine at unix:///nonexistent/docker.sock is reachable" in lines
@@ -84,6 +85,12 @@ def test_doctor_reports_an_unwritable_target_and_a_missing_docker_socket(folders
     result = run_cli("doctor", f"--source={folders.source}", f"--claude-dir={missing}", "--json")
     checks = json.loads(result.stdout)
     assert {"ok", "check", "fix"} == set(checks[0]) and not all(check["ok"] for check in checks)
+
+
+def test_doctor_without_a_notify_target_or_a_socket_skips_the_consumer_checks(folders: Folders) -> None:
+    code, lines = doctor(folders, f"--claude-dir={folders.claude_dir}", "--docker-host=unix:///nonexistent/docker.sock")
+    assert code == 0, lines
+    assert "✓ publishing only: no notify target and no Docker socket, so no consumer checks" in lines
 
 
 def status_json(folders: Folders) -> dict[str, object]:

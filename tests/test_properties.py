@@ -67,13 +67,18 @@ SYNTAX_ONLY: tuple[Kind, ...] = ("json", "aws-config")  # validating them is par
 def judge(kind: Kind, data: bytes, secrets: Sequence[str] = ()) -> CredentialSummary | None:
     """Validate as the daemon does: a summary, or None for a clean rejection; anything else fails."""
     try:
-        summary = validate(kind, data, max_bytes=MAX, now_ms=NOW)
+        summary = validate(kind, data, max_bytes=MAX, now_ms=NOW, allow_commands=True)
     except Rejection as rejection:
         assert_clean_reason(rejection, secrets)
         assert CODE.match(rejection.code), f"metrics code {rejection.code!r}"
         if kind in SYNTAX_ONLY:
             assert not is_sound(kind, data, max_bytes=MAX), "refused, yet sound as a destination"
         return None
+    try:  # the command policy on top refuses only for commands, and quotes no secret either
+        validate(kind, data, max_bytes=MAX, now_ms=NOW)
+    except Rejection as rejection:
+        assert rejection.code == "runs-command", f"refused only without allow_commands: {rejection.code}"
+        assert_clean_reason(rejection, secrets)
     shown = repr(summary)
     for secret in secrets:
         assert not any(piece in shown for piece in pieces(secret)), "a summary holds a piece of a secret"
@@ -385,7 +390,8 @@ def test_nesting_depth_is_the_structural_depth_and_the_limit_is_exact(
     for _ in range(wrap):
         document = [document]
     text = json.dumps({"top": document})
-    assert nesting_depth(text) == depth_of({"top": document})
+    # Counted exactly up to one past the limit, which is all the check needs.
+    assert nesting_depth(text) == min(depth_of({"top": document}), MAX_NESTING + 1)
     try:
         validate("json", text.encode(), max_bytes=MAX, now_ms=NOW)
     except Rejection as rejection:

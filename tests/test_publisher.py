@@ -77,7 +77,7 @@ def test_read_only_destination_is_a_clear_error(tiny_tmpfs: Path) -> None:
 
 
 def test_missing_destination_folder_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(PublishError, match="cannot open folder"):
+    with pytest.raises(PublishError, match="cannot open the destination folder"):
         write_atomically(tmp_path / "absent" / "f", b"x", uid=0, gid=0, mode=0o600)
 
 

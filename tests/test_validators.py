@@ -76,7 +76,7 @@ def test_both_tokens_expired_is_rejected_with_the_fix() -> None:
         (b"\xef\xbb\xbf{}", "byte order mark"),
         (b'{"a": "\xff"}', "not valid UTF-8"),
         (b"[" * 100_000 + b"]" * 100_000, "nests deeper"),
-        (b'{"a": 1, "a": 2}', "key 'a' twice"),
+        (b'{"expiresAt": 1, "expiresAt": 2}', "key 'expiresAt' twice"),
         (b'{"a": ' + b"9" * 5000 + b"}", "number too large"),
         (b'{"a": NaN}', "NaN"),
         (b"[1, 2]", "an array, expected an object"),
@@ -195,3 +195,77 @@ def test_aws_reasons_never_quote_a_secret(secret: str, noise: str) -> None:
     except Rejection as rejection:
         pieces = {secret[i : i + 8] for i in range(len(secret) - 7)}
         assert not any(piece in rejection.reason for piece in pieces)
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        (b'{"apiKeyHelper": "fetch-key"}', "apiKeyHelper"),
+        (b'{"awsAuthRefresh": "aws sso login"}', "awsAuthRefresh"),
+        (b'{"statusLine": {"type": "command", "command": "x"}}', "statusLine"),
+        (b'{"hooks": {"Stop": [{"hooks": [{"type": "command", "command": "x"}]}]}}', "hooks"),
+        (b'{"env": {"NODE_OPTIONS": "--require /tmp/x.js"}}', "env.NODE_OPTIONS"),
+        (b'{"mcpServers": {"a": {"command": "npx"}}}', "mcpServers.*.command"),
+        (b'{"projects": {"/p": {"mcpServers": {"a": {"command": "npx"}}}}}', "projects.*.mcpServers.*.command"),
+    ],
+)
+def test_json_that_makes_claude_code_run_a_command_is_refused_naming_the_key_not_its_value(
+    data: bytes, key: str
+) -> None:
+    reason = check("json", data)
+    assert reason.startswith(f"{key} makes Claude Code run a command") and "CREDSYNC_ALLOW_COMMANDS" in reason
+    for value in ("fetch-key", "aws sso login", "npx", "/tmp/x.js"):
+        assert value not in reason
+    assert validate("json", data, max_bytes=MAX, now_ms=NOW, allow_commands=True).kind == "json"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"hooks": {}, "apiKeyHelper": ""}',  # empty: nothing to run
+        b'{"env": {"ANTHROPIC_MODEL": "x", "CLAUDE_CODE_USE_BEDROCK": "1"}}',
+        b'{"mcpServers": {"remote": {"type": "http", "url": "https://mcp.example"}}}',
+        b'{"projects": {"/p": {"mcpServers": {}}}}',
+    ],
+)
+def test_json_without_commands_is_accepted(data: bytes) -> None:
+    assert validate("json", data, max_bytes=MAX, now_ms=NOW).kind == "json"
+
+
+def test_aws_credential_process_is_refused_naming_the_profile_not_the_command() -> None:
+    data = b"[profile dev]\nregion = eu-west-1\ncredential_process = /opt/secret-fetcher --x\n"
+    reason = check("aws-config", data)
+    assert reason.startswith("profile 'profile dev': credential_process makes AWS tools run a command")
+    assert "secret-fetcher" not in reason
+
+
+def test_only_known_names_are_quoted_in_ini_reasons() -> None:
+    secret = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY00"  # 40 letters and digits, as an AWS secret key
+    duplicated_key = f"[default]\n{secret} = 1\n{secret} = 2\n".encode()
+    assert secret not in check("aws-config", duplicated_key)
+    duplicated_section = f"[{secret}]\nregion = x\n[{secret}]\nregion = y\n".encode()
+    reason = check("aws-config", duplicated_section)
+    assert secret not in reason and "(a section not shown)" in reason
+    known = check("aws-config", b"[default]\nregion = a\nregion = b\n")
+    assert "'region' appears twice in section 'default'" in known
+
+
+def test_ini_files_are_capped_in_line_length_and_line_count() -> None:
+    long_line = b"[default]\nregion = " + b"x" * 20_000 + b"\n"
+    assert "INI line 2 is longer than" in check("aws-config", long_line)
+    many_lines = b"[default]\n" + b"# note\n" * 10_001
+    assert "more than 10000 lines" in check("aws-config", many_lines)
+
+
+def test_configparsers_quadratic_line_is_parsed_in_linear_time_and_split_the_same() -> None:
+    # One 16 KB line without a delimiter took configparser's own pattern about 2 s; ours, a pass.
+    assert "neither [section] nor key = value" in check("aws-config", b"[default]\na" + b" " * 16_000 + b"b\n")
+    parsed = validate("aws-config", b"[default]\nregion : eu = x\nkey\t=  v=1 \n", max_bytes=MAX, now_ms=NOW)
+    assert parsed.sections == ("default",)
+
+
+def test_an_unterminated_json_string_names_no_empty_place() -> None:
+    reason = check("json", b'{"a": "open')
+    assert "starting at at" not in reason and reason.startswith(
+        "not valid JSON: Unterminated string starting at line 1"
+    )

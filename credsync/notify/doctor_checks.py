@@ -89,26 +89,31 @@ def signal_check(container: Container, settings: Settings) -> Check:
 
 
 def host_path_checks(client: docker.DockerClient, settings: Settings, own: Container | None) -> list[Check]:
-    """Consumers that start nested containers hand them the Claude volume's *host* path: it must
-    be that volume's real mountpoint, not a path inside some container."""
-    volumes = volumes_behind(client, settings.claude_dir, own)
+    """Consumers that start nested containers hand them *host* paths (claude-hub: the Claude
+    volume as CLAUDE_AUTH_HOST_DIR, the sessions volume as HOST_SESSIONS_DIR): each must be the
+    real mountpoint of the volume it names, not a path inside some container."""
+    claude_volumes = volumes_behind(client, settings.claude_dir, own)
     checks = []
-    variable = settings.host_dir_variable
     for container in client.containers.list():
         if own is not None and container.id == own.id:
             continue
         told = dict(item.split("=", 1) for item in container.attrs["Config"].get("Env") or [] if "=" in item)
-        if variable not in told:
-            continue
-        for mount in container.attrs.get("Mounts", []):
-            mountpoint = volumes.get(str(mount.get("Name")))
-            if mount.get("Type") != "volume" or mountpoint is None:
+        mounts = [mount for mount in container.attrs.get("Mounts", []) if mount.get("Type") == "volume"]
+        for variable, container_path in settings.host_path_variables:
+            if variable not in told:
                 continue
-            what = f"{container.name}: {variable} is the host path of volume {mount['Name']}"
-            if os.path.normpath(told[variable]) == os.path.normpath(mountpoint):
-                checks.append(Check(True, what))
-            else:
-                checks.append(Check(False, what, f"it is {told[variable]}; set {variable}={mountpoint}"))
+            for mount in mounts:
+                if container_path is None:
+                    mountpoint = claude_volumes.get(str(mount.get("Name")))
+                else:
+                    mountpoint = str(mount["Source"]) if mount.get("Destination") == container_path else None
+                if mountpoint is None:
+                    continue
+                what = f"{container.name}: {variable} is the host path of volume {mount['Name']}"
+                if os.path.normpath(told[variable]) == os.path.normpath(mountpoint):
+                    checks.append(Check(True, what))
+                else:
+                    checks.append(Check(False, what, f"it is {told[variable]}; set {variable}={mountpoint}"))
     return checks
 
 

@@ -9,6 +9,8 @@ from docker.models.containers import Container
 
 from credsync.notify.procstatus import ProcReadError
 
+MAX_PROC_ANSWER = 64 * 1024  # a real /proc/<pid>/status is about 1.5 KB
+
 
 class HostProc:
     """Host PIDs: the container's PID 1 is State.Pid as the host sees it."""
@@ -32,10 +34,28 @@ class ExecProc:
         self.container = container
 
     def read(self, pid: int, name: str) -> str:
-        exit_code, output = self.container.exec_run(["cat", f"/proc/{pid}/{name}"], stderr=False)
+        # Streamed and cut off: the consumer controls the answer and could send gigabytes.
+        api = self.container.client.api if self.container.client is not None else None
+        if api is None:
+            raise ProcReadError("no Docker client to run cat inside the container")
+        exec_id = api.exec_create(self.container.id, ["cat", f"/proc/{pid}/{name}"], stdout=True, stderr=False)["Id"]
+        chunks: list[bytes] = []
+        size = 0
+        stream = api.exec_start(exec_id, stream=True)
+        try:
+            for chunk in stream:
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_PROC_ANSWER:
+                    raise ProcReadError(
+                        f"cat /proc/{pid}/{name} inside the container answered over {MAX_PROC_ANSWER} bytes"
+                    )
+        finally:
+            stream.close()
+        exit_code = api.exec_inspect(exec_id).get("ExitCode")
         if exit_code != 0:
             raise ProcReadError(f"cat /proc/{pid}/{name} inside the container exited {exit_code}")
-        return output.decode(errors="replace") if isinstance(output, bytes) else ""
+        return b"".join(chunks).decode(errors="replace")
 
 
 def reader_for(container: Container) -> HostProc | ExecProc:
