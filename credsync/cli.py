@@ -29,7 +29,7 @@ from credsync.events import Events
 from credsync.health import Liveness, SystemdEnvironment, check_health
 from credsync.intake import read_upload
 from credsync.ledger import Ledger
-from credsync.logs import configure_logging
+from credsync.logs import configure_logging, stderr_is_journal
 from credsync.pipeline import Outcome, Pipeline, Result
 from credsync.publisher import ensure_private_folder, remove_stale_temps
 from credsync.routes import KINDS, Kind, kind_for_filename, load_routes
@@ -126,7 +126,8 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)}
     settings = load_settings(overrides)
-    configure_logging(settings.log_format, settings.log_level)
+    journal = stderr_is_journal(SystemdEnvironment().journal_stream)
+    configure_logging(settings.log_format, settings.log_level, journal=journal)
     return settings
 
 

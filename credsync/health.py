@@ -31,6 +31,7 @@ class SystemdEnvironment(BaseSettings):
     notify_socket: str | None = None
     watchdog_usec: int | None = Field(default=None, gt=0)
     watchdog_pid: int | None = None
+    journal_stream: str | None = None
 
 
 class SystemdNotify:

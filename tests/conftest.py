@@ -8,8 +8,8 @@ import pytest
 
 from tests.helpers import Folders, WatchProcess, make_folders
 
-# Fixture modules: a real Docker Engine, a real sshd.
-pytest_plugins = ["tests.docker_env", "tests.sshd"]
+# Fixture modules: a real Docker Engine, a real sshd, what an offline image build needs.
+pytest_plugins = ["tests.docker_env", "tests.sshd", "tests.image_build"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -19,7 +19,10 @@ import pytest
 from docker.models.containers import Container
 
 BUSYBOX_IMAGE = "credsync-test/busybox:latest"
-BUSYBOX_APPLETS = ("sh", "sleep", "cat", "echo", "timeout", "true", "false", "ls", "date", "touch", "wc", "stat")
+BUSYBOX_APPLETS = (
+    *("sh", "sleep", "cat", "echo", "timeout", "true", "false", "ls", "date", "touch", "wc", "stat"),
+    *("httpd", "wget", "mkdir", "sha256sum", "env"),
+)
 WEBHOOK_IMAGE = "credsync-test/webhook:latest"
 TRAP_HUP = 'trap "echo HUP >> /sig/signals" HUP; while :; do sleep 1 & wait $!; done'
 REPO = Path(__file__).resolve().parent.parent
@@ -40,8 +43,9 @@ def docker_client() -> docker.DockerClient:
     return client
 
 
-def busybox_rootfs() -> bytes:
-    """A tar of an image root: a static busybox, its applets as links, /tmp and /sig."""
+def busybox_rootfs(scripts: dict[str, str] | None = None) -> bytes:
+    """A tar of an image root: a static busybox, its applets as links, /tmp and /sig, and
+    `scripts` (path → shell text) as executables."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for folder, mode in (("bin", 0o755), ("tmp", 0o1777), ("sig", 0o777), ("proc", 0o555)):
@@ -53,6 +57,10 @@ def busybox_rootfs() -> bytes:
             link = tarfile.TarInfo(f"bin/{applet}")
             link.type, link.linkname = tarfile.SYMTYPE, "busybox"
             tar.addfile(link)
+        for path, text in (scripts or {}).items():
+            script = tarfile.TarInfo(path)
+            script.mode, script.size = 0o755, len(text.encode())
+            tar.addfile(script, io.BytesIO(text.encode()))
     return buffer.getvalue()
 
 
@@ -65,13 +73,20 @@ def busybox_image(docker_client: docker.DockerClient) -> str:
 
 @pytest.fixture(scope="session")
 def webhook_image(docker_client: docker.DockerClient) -> str:
-    """A stand-in for claude-hub's webhook: PID 1 traps HUP and records it in /tmp/signals."""
+    """A stand-in for claude-hub's webhook: like the real one it refuses to start without
+    BOT_USERNAME and answers /health on $PORT (its healthcheck runs `curl -f`); PID 1 traps HUP
+    and records it in /tmp/signals."""
     repository, tag = WEBHOOK_IMAGE.split(":")
-    trap = TRAP_HUP.replace("/sig/signals", "/tmp/signals")
-    command = json.dumps(["sh", "-c", trap])
-    docker_client.api.import_image_from_data(
-        busybox_rootfs(), repository=repository, tag=tag, changes=[f"CMD {command}"]
+    start = (
+        '[ -n "$BOT_USERNAME" ] || { echo "BOT_USERNAME is required" >&2; exit 1; }\n'
+        "mkdir -p /tmp/www && echo ok > /tmp/www/health && httpd -p ${PORT:-3002} -h /tmp/www\n"
+        + TRAP_HUP.replace("/sig/signals", "/tmp/signals")
+        + "\n"
     )
+    curl = '#!/bin/sh\n# curl -f URL, as the healthcheck calls it\nexec wget -q -O /dev/null "$2"\n'
+    rootfs = busybox_rootfs({"bin/curl": curl, "bin/start-webhook": "#!/bin/sh\n" + start})
+    command = json.dumps(["/bin/start-webhook"])
+    docker_client.api.import_image_from_data(rootfs, repository=repository, tag=tag, changes=[f"CMD {command}"])
     return WEBHOOK_IMAGE
 
 

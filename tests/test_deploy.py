@@ -1,61 +1,142 @@
-"""The shipped deployment, end to end: the sidecar image built offline, the Dokploy compose
-file brought up with the real docker-compose, a real scp by an unprivileged user."""
+"""The shipped deployment as Dokploy runs it: the image built from a clean clone with only the
+offline build arguments; `docker-compose.dokploy.yml` brought up under a Dokploy-style app name
+from a code folder with Dokploy's `.env`, as shipped and after the transformations Dokploy
+applies (Isolated Deployments, a domain); a real scp by an unprivileged user; a job container
+started the way claude-hub starts one."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
+import string
 import subprocess
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
+import yaml
 from docker.models.containers import Container
 
-from tests.docker_env import REPO
+from credsync import __version__
 from tests.helpers import assert_no_canary, claude_credentials, wait_until
+from tests.image_build import OfflineBuild, clean_clone
 from tests.sshd import SshServer
 
-SIDECAR_IMAGE = "credsync:test"
-BASE_IMAGE = "credsync-base:bookworm"
-# Docker runs a health check only every `interval`; the test shortens it, nothing else.
-FAST_HEALTHCHECK = """
-services:
-  credsync:
-    healthcheck:
-      interval: 1s
-      start_period: 0s
-"""
+SIDECAR_IMAGE = "credsync:dokploy-test"
 CAP_CHOWN, CAP_DAC_OVERRIDE = 0, 1
+COMPOSE_FILE = "docker-compose.dokploy.yml"
+NOTIFY_LAYER = "docker-compose.notify.yml"
+DOCKER_SOCKET = "/var/run/docker.sock"
+CREDENTIALS = "/home/node/.claude/.credentials.json"
 
 
-@pytest.fixture(scope="session")
-def sidecar_image() -> str:
-    """Built the way an operator without a registry would: base image, wheels, docker build."""
-    subprocess.run(["bash", str(REPO / "scripts" / "build-base-image"), BASE_IMAGE], check=True, timeout=600)
-    subprocess.run(["bash", str(REPO / "scripts" / "build-image"), SIDECAR_IMAGE, BASE_IMAGE], check=True, timeout=600)
-    return SIDECAR_IMAGE
+def test_the_image_builds_from_a_clean_clone_with_only_the_offline_build_arguments(
+    offline_build: OfflineBuild, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    clone = clean_clone(tmp_path / "clone")
+    tag = "credsync:clean-clone"
+    subprocess.run(
+        ["docker", "build", "--quiet", *offline_build.build_args(), "--tag", tag, str(clone)], check=True, timeout=600
+    )
+    config = docker_client.images.get(tag).attrs["Config"]
+    labels = config["Labels"]
+    assert labels["org.opencontainers.image.version"] == __version__
+    assert labels["org.opencontainers.image.licenses"] == "MIT" and "org.opencontainers.image.source" in labels
+    assert config["User"] == "0:0" and config["Healthcheck"]["Test"] == ["CMD", "credsync", "health"]
+    said = docker_client.containers.run(tag, ["--version"], remove=True, network_mode="none")
+    assert said.decode().strip() == f"credsync {__version__}"
+
+
+# --------------------------------------------------------------------------- what Dokploy does
+
+
+def app_name() -> str:
+    """Dokploy's app names: `<name>-<6 random characters>`."""
+    return "claude-hub-" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(6))
+
+
+def add_network(service: dict[str, Any], network: str) -> None:
+    """As Dokploy adds a network to a service: to a list, to a mapping, or as a new list."""
+    networks = service.get("networks")
+    if networks is None:
+        service["networks"] = [network]
+    elif isinstance(networks, list):
+        if network not in networks:
+            networks.append(network)
+    else:
+        networks.setdefault(network, {})
+
+
+def isolated_deployment(compose: dict[str, Any], app: str) -> None:
+    """Dokploy's Isolated Deployments: a network named after the app, on every service."""
+    compose.setdefault("networks", {})[app] = {"name": app, "external": True}
+    for service in compose["services"].values():
+        add_network(service, app)
+
+
+def domain(compose: dict[str, Any], app: str, service_name: str, port: int) -> None:
+    """Dokploy's Domains tab: Traefik labels, `dokploy-network` (and `default`) on the service,
+    and `dokploy-network: {external: true}` at the root, replacing what stood under that key."""
+    service = compose["services"][service_name]
+    router = f"{app}-1-websecure"
+    labels = service.setdefault("labels", [])
+    labels += [
+        f"traefik.http.routers.{router}.rule=Host(`claude.example.test`)",
+        f"traefik.http.routers.{router}.entrypoints=websecure",
+        f"traefik.http.services.{router}.loadbalancer.server.port={port}",
+        f"traefik.http.routers.{router}.service={router}",
+        "traefik.enable=true",
+    ]
+    add_network(service, "dokploy-network")
+    add_network(service, "default")
+    compose.setdefault("networks", {})["dokploy-network"] = {"external": True}
+
+
+Transformation = Callable[[dict[str, Any], str], None]
+
+
+def as_shipped(_compose: dict[str, Any], _app: str) -> None:
+    pass
+
+
+def isolated_with_a_domain(compose: dict[str, Any], app: str) -> None:
+    isolated_deployment(compose, app)
+    domain(compose, app, "webhook", 3002)
 
 
 @dataclass
-class Stack:
-    project: str
+class DokployApp:
+    """An app as Dokploy lays it out: the repository cloned into `code/`, the Environment tab
+    written to `code/.env` with COMPOSE_PROJECT_NAME, the compose file rewritten in place."""
+
+    name: str
+    code: Path
     uploads: Path
-    env: dict[str, str]
     client: docker.DockerClient
-    compose_files: list[str]
+    files: list[str]
 
     def compose(self, *args: str) -> subprocess.CompletedProcess[str]:
-        files = [part for name in self.compose_files for part in ("-f", name)]
-        command = ["docker-compose", "-p", self.project, *files, *args]
-        return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=300, check=True)
+        files = [part for name in self.files for part in ("-f", name)]
+        environment = {key: value for key, value in os.environ.items() if not key.startswith("COMPOSE_")}
+        result = subprocess.run(
+            ["docker-compose", "-p", self.name, *files, *args],
+            cwd=self.code,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert result.returncode == 0, f"docker-compose {args[0]} failed: {result.stderr[-2000:]}"
+        return result
 
     def container(self, service: str) -> Container:
-        labels = [f"com.docker.compose.project={self.project}", f"com.docker.compose.service={service}"]
+        labels = [f"com.docker.compose.project={self.name}", f"com.docker.compose.service={service}"]
         (found,) = self.client.containers.list(filters={"label": labels})
         return found
 
@@ -70,107 +151,187 @@ class Stack:
         assert_no_canary(log, "the sidecar's log")
         return log
 
+    def volume_path(self, volume: str) -> Path:
+        return Path(str(self.client.volumes.get(f"{self.name}_{volume}").attrs["Mountpoint"]))
+
+    def webhook_env(self) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in self.container("webhook").attrs["Config"]["Env"])
+
 
 @pytest.fixture
-def stack(
-    sidecar_image: str, webhook_image: str, docker_client: docker.DockerClient, sshd: SshServer, tmp_path: Path
-) -> Iterator[Stack]:
-    project = f"credsynce2e{secrets.token_hex(3)}"
-    uploads = Path(sshd.user.home) / f"claude-uploads-{project}"
-    uploads.mkdir(mode=0o700)
-    os.chown(uploads, sshd.user.uid, sshd.user.gid)
-    network = docker_client.networks.create(f"{project}-net", internal=True)  # no way out of this machine
-    override = tmp_path / "fast-healthcheck.yml"
-    override.write_text(FAST_HEALTHCHECK)
-    env = {
-        **os.environ,
-        "COMPOSE_PROJECT_NAME": project,  # Compose v1 does not derive it from -p
-        "WEBHOOK_IMAGE": webhook_image,
-        "CREDSYNC_IMAGE": sidecar_image,
-        "UPLOADS_DIR": str(uploads),
-        "DOCKER_GID": str(Path("/var/run/docker.sock").stat().st_gid),
-        "DOKPLOY_NETWORK": network.name or "",
-    }
-    stack = Stack(project, uploads, env, docker_client, [str(REPO / "docker-compose.dokploy.yml"), str(override)])
-    stack.compose("up", "-d")
-    try:
-        yield stack
-    finally:
-        stack.compose("down", "-v", "--timeout", "5")
-        network.remove()
-        shutil.rmtree(uploads)
+def internal_networks(docker_client: docker.DockerClient) -> Iterator[Callable[[str], None]]:
+    """Networks Dokploy would have made (`dokploy-network`, the app's own), internal here: no
+    traffic leaves this machine. Removed afterwards if this test made them."""
+    made: list[str] = []
+
+    def ensure(name: str) -> None:
+        if not docker_client.networks.list(names=[name]):
+            docker_client.networks.create(name, internal=True, attachable=True)
+            made.append(name)
+
+    yield ensure
+    for name in made:
+        for network in docker_client.networks.list(names=[name]):
+            network.remove()
 
 
-def healthy(container: Container) -> bool:
-    container.reload()
-    return bool(container.attrs["State"].get("Health", {}).get("Status") == "healthy")
+DeployFactory = Callable[[Transformation, list[str]], DokployApp]
 
 
-def published_file(stack: Stack) -> tuple[str, str]:
-    """The credential as the webhook sees it, and its owner and mode."""
-    path = "/home/node/.claude/.credentials.json"
-    return stack.exec("webhook", "cat", path), stack.exec("webhook", "stat", "-c", "%u:%g %a", path).strip()
+@pytest.fixture
+def deploy(
+    offline_build: OfflineBuild,
+    webhook_image: str,
+    docker_client: docker.DockerClient,
+    sshd: SshServer,
+    internal_networks: Callable[[str], None],
+    tmp_path: Path,
+) -> Iterator[DeployFactory]:
+    apps: list[DokployApp] = []
+
+    def up(transform: Transformation, layers: list[str]) -> DokployApp:
+        name = app_name()
+        code = clean_clone(tmp_path / name / "code")
+        uploads = Path(sshd.user.home) / f"claude-uploads-{name}"
+        uploads.mkdir(mode=0o700)
+        os.chown(uploads, sshd.user.uid, sshd.user.gid)
+        compose = yaml.safe_load((code / COMPOSE_FILE).read_text())
+        transform(compose, name)
+        (code / COMPOSE_FILE).write_text(yaml.safe_dump(compose, sort_keys=False))
+        for network, settings in compose["networks"].items():
+            if settings.get("external"):
+                internal_networks(settings.get("name", network))
+        environment = {
+            "COMPOSE_PROJECT_NAME": name,
+            "UPLOADS_DIR": str(uploads),
+            "WEBHOOK_IMAGE": webhook_image,
+            "BOT_USERNAME": "@credsync-test",
+            "GITHUB_TOKEN": "not-a-token",
+            "CREDSYNC_IMAGE": SIDECAR_IMAGE,
+            "CREDSYNC_BASE_IMAGE": offline_build.base_image,
+            "CREDSYNC_WHEELS_URL": offline_build.wheels_url,
+            "CREDSYNC_BUILD_NETWORK": "host",
+        }
+        (code / ".env").write_text("".join(f"{key}={value}\n" for key, value in environment.items()))
+        app = DokployApp(name, code, uploads, docker_client, [COMPOSE_FILE, *layers])
+        apps.append(app)
+        app.compose("up", "-d", "--build", "--remove-orphans")
+        return app
+
+    yield up
+    for app in apps:
+        app.compose("down", "-v", "--timeout", "5")
+        shutil.rmtree(app.uploads)
 
 
-def test_scp_upload_reaches_the_webhook_notified_not_restarted(stack: Stack, sshd: SshServer, tmp_path: Path) -> None:
-    sidecar, webhook = stack.container("credsync"), stack.container("webhook")
-    wait_until(lambda: healthy(sidecar), timeout=60)
-    before = (webhook.attrs["State"]["StartedAt"], webhook.attrs["RestartCount"])
+def upload(app: DokployApp, sshd: SshServer, local: Path, data: bytes, *, legacy: bool = False) -> None:
+    local.write_bytes(data)
+    sshd.scp(local, app.uploads / ".credentials.json", legacy=legacy)
+    assert (app.uploads / ".credentials.json").stat().st_uid == sshd.user.uid
 
-    # The sidecar runs with what the compose file promises, and nothing more.
+
+def sidecar_ready(app: DokployApp) -> None:
+    wait_until(lambda: " ready " in app.sidecar_log(), timeout=60)
+    assert app.exec("credsync", "credsync", "health").startswith("healthy")
+
+
+def run_job(app: DokployApp, busybox_image: str, script: str) -> None:
+    """A job container as claude-hub starts one: the credentials and sessions bind-mounted from
+    the host paths the running webhook was given."""
+    told = app.webhook_env()
+    app.client.containers.run(
+        busybox_image,
+        ["sh", "-c", script],
+        remove=True,
+        network_mode="none",
+        volumes={
+            told["CLAUDE_AUTH_HOST_DIR"]: {"bind": "/home/node/.claude", "mode": "rw"},
+            told["HOST_SESSIONS_DIR"]: {"bind": "/sessions", "mode": "rw"},
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    "transform", [as_shipped, isolated_with_a_domain], ids=["as-shipped", "isolated-with-a-domain"]
+)
+def test_the_dokploy_compose_publishes_an_scp_upload_that_a_claude_hub_job_reads(
+    deploy: DeployFactory, sshd: SshServer, busybox_image: str, tmp_path: Path, transform: Transformation
+) -> None:
+    app = deploy(transform, [])
+    sidecar_ready(app)
+    sidecar, webhook = app.container("credsync"), app.container("webhook")
+
+    # Least privilege, as the file promises: no Docker socket, two capabilities, no way out.
     host_config = sidecar.attrs["HostConfig"]
+    assert not [mount for mount in sidecar.attrs["Mounts"] if mount["Source"] == DOCKER_SOCKET]
     added = sorted(name.removeprefix("CAP_") for name in host_config["CapAdd"])
     assert host_config["CapDrop"] == ["ALL"] and added == ["CHOWN", "DAC_OVERRIDE"]
     assert host_config["ReadonlyRootfs"] is True and "no-new-privileges:true" in host_config["SecurityOpt"]
-    assert host_config["NetworkMode"] == "none"
-    status = stack.exec("credsync", "cat", "/proc/1/status")
+    status = app.exec("credsync", "cat", "/proc/1/status")
     effective = int(next(line for line in status.splitlines() if line.startswith("CapEff:")).split()[1], 16)
     assert effective == (1 << CAP_CHOWN) | (1 << CAP_DAC_OVERRIDE)
+    for network in sidecar.attrs["NetworkSettings"]["Networks"]:
+        assert app.client.networks.get(network).attrs["Internal"], f"the sidecar is on {network}, which leads out"
     mounts = {mount["Destination"]: mount for mount in sidecar.attrs["Mounts"]}
     assert mounts["/uploads"]["RW"] is False
+    assert "✓ publishing only: no notify target and no Docker socket, so no consumer checks" in app.exec(
+        "credsync", "credsync", "doctor"
+    )
 
-    # The webhook is told the real host path of the claude-config volume.
-    volume = stack.client.volumes.get(f"{stack.project}_claude-config")
-    webhook_env = dict(item.split("=", 1) for item in webhook.attrs["Config"]["Env"])
-    assert webhook_env["CLAUDE_AUTH_HOST_DIR"] == volume.attrs["Mountpoint"]
-    doctor = stack.exec("credsync", "credsync", "doctor").splitlines()  # exit 0: every check passes
-    assert f"✓ {webhook.name}: CLAUDE_AUTH_HOST_DIR is the host path of volume {volume.name}" in doctor
-    assert "✓ source /uploads is readable and mounted read-only" in doctor
-    assert f"✓ notify target {webhook.name}: sh (PID 1) handles SIGHUP" in doctor
+    # The webhook runs as claude-hub needs (it exits without BOT_USERNAME) and is told host paths.
+    assert webhook.attrs["RestartCount"] == 0 and webhook.status == "running"
+    told = app.webhook_env()
+    assert told["CLAUDE_AUTH_HOST_DIR"] == str(app.volume_path("claude-config"))
+    assert told["HOST_SESSIONS_DIR"] == str(app.volume_path("claude-sessions"))
+    assert told["BOT_USERNAME"] == "@credsync-test" and told["PORT"] == "3002"
 
     data = claude_credentials(serial=1)
-    local = tmp_path / ".credentials.json"
-    local.write_bytes(data)
-    sshd.scp(local, stack.uploads / ".credentials.json", legacy=False)
-    assert (stack.uploads / ".credentials.json").stat().st_uid == sshd.user.uid
-    started = time.monotonic()
-    wait_until(lambda: "published" in stack.sidecar_log(), timeout=20)
-    content, owner_mode = published_file(stack)
-    assert content.encode() == data, "the webhook does not see the uploaded bytes"
-    assert owner_mode == "1001:1001 600"
-    assert time.monotonic() - started < 10
-    wait_until(lambda: "notified" in stack.sidecar_log(), timeout=20)
-    assert stack.exec("webhook", "cat", "/tmp/signals").split() == ["HUP"]
+    upload(app, sshd, tmp_path / ".credentials.json", data)
+    wait_until(lambda: "published" in app.sidecar_log(), timeout=20)
+    published = app.volume_path("claude-config") / ".credentials.json"
+    assert published.read_bytes() == data, "the volume does not hold the uploaded bytes"
+    info = published.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (1001, 1001, 0o600)
+
+    # A job sees the credential; what it writes to /sessions the webhook sees at /app/sessions.
+    job = f"job-{secrets.token_hex(4)}"
+    run_job(app, busybox_image, f"sha256sum < /home/node/.claude/.credentials.json > /sessions/{job}")
+    assert app.exec("webhook", "cat", f"/app/sessions/{job}").split()[0] == hashlib.sha256(data).hexdigest()
+
+    # An invalid upload changes nothing.
+    upload(app, sshd, tmp_path / ".credentials.json", data[: len(data) // 2], legacy=True)
+    wait_until(lambda: "rejected" in app.sidecar_log(), timeout=20)
+    assert published.read_bytes() == data
+
+
+def test_the_opt_in_notify_layer_signals_a_consumer_that_reloads_and_never_restarts_it(
+    deploy: DeployFactory, sshd: SshServer, tmp_path: Path
+) -> None:
+    app = deploy(isolated_with_a_domain, [NOTIFY_LAYER])
+    sidecar_ready(app)
+    sidecar, webhook = app.container("credsync"), app.container("webhook")
+    before = (webhook.attrs["State"]["StartedAt"], webhook.attrs["RestartCount"])
+    assert [mount for mount in sidecar.attrs["Mounts"] if mount["Source"] == DOCKER_SOCKET]
+
+    doctor = app.exec("credsync", "credsync", "doctor").splitlines()  # exit 0: every check passes
+    for variable, volume in (("CLAUDE_AUTH_HOST_DIR", "claude-config"), ("HOST_SESSIONS_DIR", "claude-sessions")):
+        assert f"✓ {webhook.name}: {variable} is the host path of volume {app.name}_{volume}" in doctor
+    assert f"✓ notify target {webhook.name}: start-webhook (PID 1) handles SIGHUP" in doctor
+
+    data = claude_credentials(serial=1)
+    upload(app, sshd, tmp_path / ".credentials.json", data)
+    wait_until(lambda: "notified" in app.sidecar_log(), timeout=30)
+    assert app.exec("webhook", "cat", "/tmp/signals").split() == ["HUP"]
     webhook.reload()
     assert (webhook.attrs["State"]["StartedAt"], webhook.attrs["RestartCount"]) == before
 
-    # An invalid upload changes nothing inside the webhook.
-    local.write_bytes(data[: len(data) // 2])
-    sshd.scp(local, stack.uploads / ".credentials.json", legacy=True)
-    wait_until(lambda: "rejected" in stack.sidecar_log(), timeout=20)
-    assert published_file(stack) == (data.decode(), "1001:1001 600")
-    assert stack.exec("webhook", "cat", "/tmp/signals").split() == ["HUP"]
-
     # A restarted sidecar re-publishes nothing and sends no notification.
-    inode_mtime = stack.exec("webhook", "stat", "-c", "%i %Y", "/home/node/.claude/.credentials.json")
-    local.write_bytes(data)
-    sshd.scp(local, stack.uploads / ".credentials.json", legacy=False)  # the good file back, unchanged
-    wait_until(lambda: "unchanged" in stack.sidecar_log(), timeout=20)
+    published = app.volume_path("claude-config") / ".credentials.json"
+    inode_mtime = (published.stat().st_ino, published.stat().st_mtime_ns)
     sidecar.restart(timeout=5)
-    wait_until(lambda: stack.sidecar_log().count(" ready ") == 2, timeout=60)
-    second_run = stack.sidecar_log().rsplit("watching source=", 1)[-1]
+    wait_until(lambda: app.sidecar_log().count(" ready ") == 2, timeout=60)
+    second_run = app.sidecar_log().rsplit("watching source=", 1)[-1]
     assert "unchanged route=.credentials.json" in second_run
     assert "published" not in second_run and "notified" not in second_run
-    wait_until(lambda: healthy(sidecar), timeout=60)
-    assert stack.exec("webhook", "stat", "-c", "%i %Y", "/home/node/.claude/.credentials.json") == inode_mtime
-    assert stack.exec("webhook", "cat", "/tmp/signals").split() == ["HUP"]
+    assert (published.stat().st_ino, published.stat().st_mtime_ns) == inode_mtime
+    assert app.exec("webhook", "cat", "/tmp/signals").split() == ["HUP"]

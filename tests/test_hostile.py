@@ -46,7 +46,9 @@ CREDENTIALS = ".credentials.json"
 KIB = 1024
 MAX_BYTES = 1 << 20
 FAST_PUBLISH_S = 2.0  # settle 50 ms: a good upload after a hostile one is published well within this
-TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} (TRACE|DEBUG|INFO|SUCCESS|WARNING|ERROR|CRITICAL) ")
+TEXT_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d{4} (TRACE|DEBUG|INFO|SUCCESS|WARNING|ERROR|CRITICAL) "
+)
 
 
 def good_upload(route: str, serial: int) -> bytes:

@@ -1,0 +1,204 @@
+"""`credsync push`: the operator's side, on macOS or Linux. It takes the credential from the
+macOS Keychain, a file, or a setup-token on standard input (never from the command line);
+validates it here with the validators the server uses, so nothing invalid leaves the machine;
+uploads it over ssh so that credsync never sees a partial file (a temporary name in the upload
+folder, then a rename, in one session); and waits for the server's receipt."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from credsync.errors import CredsyncError, Rejection, printable
+from credsync.hashes import short_hash
+from credsync.receipts import receipt_name
+from credsync.routes import Kind
+from credsync.setup_token import parse_setup_token
+from credsync.timefmt import now_ms
+from credsync.validators import validate
+
+KEYCHAIN_SERVICE = "Claude Code-credentials"
+KEYCHAIN_NOT_FOUND = 44  # `security find-generic-password`: no such item
+CREDENTIALS_ROUTE = ".credentials.json"
+SETUP_TOKEN_ROUTE = "claude-setup-token"
+DEFAULT_UPLOAD_DIR = "claude-uploads"
+RECEIPTS_DIR_NAME = "claude-receipts"
+MAX_BYTES = 1 << 20
+POLL_S = 0.2
+
+
+class PushError(CredsyncError):
+    """The credential could not be read here; nothing was uploaded."""
+
+
+class Verdict(IntEnum):
+    """Per server, in rising severity; the exit code is the worst."""
+
+    DONE = 0  # published, repaired or unchanged
+    REJECTED = 1
+    FAILED = 3  # the transfer, or the publication on the server
+    TIMED_OUT = 5
+
+
+@dataclass(frozen=True)
+class Credential:
+    route: str
+    kind: Kind | None  # None: a setup-token (its own check)
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Server:
+    destination: str  # what ssh connects to: [user@]host, or an alias from ssh_config
+    upload_dir: str  # relative to the remote home unless absolute
+
+    @property
+    def receipts_dir(self) -> str:
+        """Beside the upload folder: ~/claude-uploads → ~/claude-receipts."""
+        return posixpath.join(posixpath.dirname(self.upload_dir), RECEIPTS_DIR_NAME)
+
+
+def parse_server(text: str) -> Server:
+    """`[user@]host[:UPLOAD_DIR]`, as scp writes a remote folder."""
+    destination, _, folder = text.partition(":")
+    folder = folder.removeprefix("~/") or DEFAULT_UPLOAD_DIR
+    return Server(destination, folder.rstrip("/") or "/")
+
+
+def from_keychain() -> Credential:
+    """macOS keeps Claude Code's credentials in the login Keychain (the same JSON as the file)."""
+    try:
+        found = subprocess.run(
+            ["security", "find-generic-password", "-s", KEYCHAIN_SERVICE, "-w"], capture_output=True, timeout=60
+        )
+    except FileNotFoundError:
+        raise PushError("no `security` program: the Keychain is macOS only; use --file instead") from None
+    if found.returncode == KEYCHAIN_NOT_FOUND:
+        raise PushError(f"no {KEYCHAIN_SERVICE!r} item in the login Keychain: log in with `claude` first")
+    if found.returncode != 0:
+        raise PushError(f"`security find-generic-password` exited {found.returncode}")
+    return Credential(CREDENTIALS_ROUTE, "claude-oauth", found.stdout.rstrip(b"\n"))
+
+
+def from_file(path: Path) -> Credential:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise PushError(f"cannot read {printable(str(path))}: {error.strerror}") from None
+    if data.lstrip().startswith(b"sk-ant-"):
+        return setup_token_credential(data)
+    return Credential(CREDENTIALS_ROUTE, "claude-oauth", data)
+
+
+def from_stdin() -> Credential:
+    """A setup-token pasted or piped in: `claude setup-token` prints it, it is never an argument."""
+    return setup_token_credential(sys.stdin.buffer.read(MAX_BYTES + 1))
+
+
+def setup_token_credential(data: bytes) -> Credential:
+    try:
+        token = parse_setup_token(data.decode("utf-8", errors="replace"))
+    except Rejection as rejection:
+        raise PushError(f"not sent: {rejection.reason}") from None
+    return Credential(SETUP_TOKEN_ROUTE, None, token.encode() + b"\n")
+
+
+def check_locally(credential: Credential) -> None:
+    """The server's own validation, here: a credential it would refuse is never uploaded."""
+    if credential.kind is None:
+        return  # a setup-token was checked when it was read
+    try:
+        validate(credential.kind, credential.data, max_bytes=MAX_BYTES, now_ms=now_ms())
+    except Rejection as rejection:
+        raise PushError(f"not sent: {rejection.reason}") from None
+
+
+def remote_script(server: Server, credential: Credential, timeout_s: float) -> str:
+    """Runs on the server as the SSH user, the credential on its standard input."""
+    target = posixpath.join(server.upload_dir, credential.route)
+    receipt = posixpath.join(server.receipts_dir, receipt_name(credential.route))
+    prefix = f'"upload_sha256_prefix": "{short_hash(credential.sha256)}"'
+    rounds = max(1, int(timeout_s / POLL_S))
+    return f"""set -eu
+umask 077
+target={shlex.quote(target)}; receipt={shlex.quote(receipt)}
+tmp="$(dirname "$target")/.credsync-push.$$.tmp"
+mkdir -p "$(dirname "$target")"
+rm -f "$receipt" 2>/dev/null || true
+cat > "$tmp"
+mv -f "$tmp" "$target"
+n=0
+while [ "$n" -lt {rounds} ]; do
+  if [ -f "$receipt" ] && grep -qF {shlex.quote(prefix)} "$receipt"; then
+    grep -q '"notification": "pending"' "$receipt" || {{ cat "$receipt"; exit 0; }}
+  fi
+  sleep {POLL_S}
+  n=$((n + 1))
+done
+if [ -f "$receipt" ] && grep -qF {shlex.quote(prefix)} "$receipt"; then cat "$receipt"; exit 0; fi
+exit 124
+"""
+
+
+@dataclass(frozen=True)
+class Report:
+    server: str
+    verdict: Verdict
+    line: str
+
+
+def push_to(server: Server, credential: Credential, ssh: Sequence[str], timeout_s: float) -> Report:
+    command = [*ssh, "-T", "-o", "BatchMode=yes", server.destination, remote_script(server, credential, timeout_s)]
+    name = printable(server.destination)
+    try:
+        done = subprocess.run(command, input=credential.data, capture_output=True, timeout=timeout_s + 60)
+    except subprocess.TimeoutExpired:
+        return Report(name, Verdict.TIMED_OUT, f"timed out after {timeout_s:g}s: the server did not answer")
+    if done.returncode == 124:
+        return Report(
+            name,
+            Verdict.TIMED_OUT,
+            f"uploaded, but no receipt within {timeout_s:g}s: is credsync running there with CREDSYNC_RECEIPTS_DIR"
+            f" set to ~/{server.receipts_dir}?",
+        )
+    if done.returncode != 0:
+        said = printable(done.stderr.decode(errors="replace").strip().splitlines()[-1:][0] if done.stderr else "")
+        return Report(name, Verdict.FAILED, f"upload failed: ssh exited {done.returncode}: {said}")
+    return judge_receipt(name, done.stdout)
+
+
+def judge_receipt(name: str, answer: bytes) -> Report:
+    try:
+        receipt: dict[str, Any] = json.loads(answer)
+    except ValueError:
+        return Report(name, Verdict.FAILED, "the receipt could not be read")
+    outcome = str(receipt.get("outcome"))
+    notification = str(receipt.get("notification"))
+    sha = str(receipt.get("published_sha256_prefix") or receipt.get("upload_sha256_prefix"))
+    if outcome in ("published", "repaired", "unchanged"):
+        told = "" if notification == "none" else f", notification {notification}"
+        return Report(name, Verdict.DONE, f"{outcome}, sha {sha}{told}")
+    reason = printable(str(receipt.get("reason") or ""))
+    if outcome == "rejected":
+        return Report(name, Verdict.REJECTED, f"rejected: {reason}")
+    return Report(name, Verdict.FAILED, f"{outcome}: {reason}" if reason else outcome)
+
+
+def push(credential: Credential, servers: Sequence[Server], ssh: Sequence[str], timeout_s: float) -> list[Report]:
+    check_locally(credential)
+    with ThreadPoolExecutor(max_workers=min(8, len(servers))) as pool:
+        return list(pool.map(lambda server: push_to(server, credential, ssh, timeout_s), servers))
