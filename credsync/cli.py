@@ -7,6 +7,7 @@ import argparse
 import errno
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from http.server import ThreadingHTTPServer
 
     from credsync.notify import Notifier
+    from credsync.notify.notifier import OutcomeListener
 
 EXIT_OK = 0
 EXIT_REJECTED = 1
@@ -93,6 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
     health = commands.add_parser("health", help="is the daemon ready and watching? (0 healthy, 1 not)")
     add_setting_flags(health)
     health.set_defaults(handler=run_health)
+
+    push = commands.add_parser(
+        "push",
+        help="upload a Claude credential to servers over ssh and wait for their receipts"
+        " (0 done, 1 rejected, 2 bad usage, 3 failed, 5 timed out)",
+    )
+    source = push.add_mutually_exclusive_group()
+    source.add_argument("--keychain", action="store_true", help="from the macOS login Keychain (default on macOS)")
+    source.add_argument("--file", type=Path, help="a .credentials.json, or a file holding a setup-token")
+    source.add_argument(
+        "--setup-token", action="store_true", help="a token from `claude setup-token`, read from standard input"
+    )
+    push.add_argument("servers", nargs="+", metavar="SERVER", help="[user@]host[:UPLOAD_DIR] (default claude-uploads)")
+    push.add_argument("--ssh", default="ssh", help="the ssh command, e.g. 'ssh -p 2222' (default: ssh)")
+    push.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each receipt (default 60)")
+    push.set_defaults(handler=run_push)
 
     check = commands.add_parser("validate", help="check files as credsync would (0 valid, 1 invalid)")
     check.add_argument("files", nargs="+", type=Path, metavar="FILE")
@@ -149,7 +167,7 @@ def run_watch(args: argparse.Namespace) -> int:
     events, server = start_metrics(settings)
     try:
         pipeline = prepare(settings, dry_run=False, events=events)
-        notifier = build_notifier(settings, events)
+        notifier = build_notifier(settings, events, pipeline.notification_outcome)
         return Daemon(pipeline, notifier, Liveness(settings.state_dir, SystemdEnvironment(), events)).run()
     except CredsyncError as error:
         logger.error(error.reason)
@@ -219,7 +237,7 @@ def run_sync(args: argparse.Namespace) -> int:
     results = sync_once(pipeline)
     pipeline.ledger.flush()
     changed = {result.name: result.sha256 for result in results if result.changed_destination}
-    notified = not changed or notify_now(settings, changed, dry_run=args.dry_run)
+    notified = not changed or notify_now(pipeline, changed, dry_run=args.dry_run)
     outcomes = {result.outcome for result in results}
     if outcomes & {Outcome.FAILED, Outcome.UNSETTLED}:
         return EXIT_PUBLISH_FAILED
@@ -228,18 +246,20 @@ def run_sync(args: argparse.Namespace) -> int:
     return EXIT_OK if notified else EXIT_NOTIFY_FAILED
 
 
-def build_notifier(settings: Settings, events: Events | None = None) -> Notifier | None:
+def build_notifier(
+    settings: Settings, events: Events | None = None, listener: OutcomeListener | None = None
+) -> Notifier | None:
     """None when there is no one to tell: then the Docker SDK is never imported (time, memory)."""
     if not settings.notifies:
         return None
     from credsync.notify import Notifier
 
-    return Notifier(settings, events)
+    return Notifier(settings, events, listener)
 
 
-def notify_now(settings: Settings, changed: dict[str, str], *, dry_run: bool) -> bool:
+def notify_now(pipeline: Pipeline, changed: dict[str, str], *, dry_run: bool) -> bool:
     """`sync` tells the consumer once, synchronously: no debounce, no retry."""
-    notifier = None if dry_run else build_notifier(settings)
+    notifier = None if dry_run else build_notifier(pipeline.settings, listener=pipeline.notification_outcome)
     if notifier is None:
         return True
     from credsync.notify import Delivery
@@ -262,6 +282,27 @@ def sync_once(pipeline: Pipeline) -> list[Result]:
         if result.outcome is Outcome.UNSETTLED:
             logger.bind(route=result.name).warning(f"still being written after {SYNC_SETTLE_LIMIT_S:g}s; not published")
     return results
+
+
+def run_push(args: argparse.Namespace) -> int:
+    from credsync import push
+
+    configure_logging("text", "WARNING")
+    try:
+        if args.setup_token:
+            credential = push.from_stdin()
+        elif args.keychain or (args.file is None and sys.platform == "darwin"):
+            credential = push.from_keychain()
+        else:
+            credential = push.from_file(args.file or Path.home() / ".claude" / ".credentials.json")
+        servers = [push.parse_server(text) for text in args.servers]
+        reports = push.push(credential, servers, shlex.split(args.ssh), args.timeout)
+    except push.PushError as error:
+        print(f"credsync push: {error.reason}", file=sys.stderr)
+        return EXIT_REJECTED
+    for report in reports:
+        print(f"{report.server}: {report.line}")
+    return max(int(report.verdict) for report in reports)
 
 
 def run_validate(args: argparse.Namespace) -> int:

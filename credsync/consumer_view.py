@@ -10,13 +10,12 @@ from loguru import logger
 
 from credsync.credential_health import claude_health
 from credsync.events import Events
+from credsync.hashes import HASH_PREFIX
 from credsync.ledger import Ledger
 from credsync.publisher import read_current
 from credsync.routes import Route
 from credsync.settings import Settings
 from credsync.timefmt import now_ms
-
-HASH_PREFIX = 12
 
 
 class ConsumerView:
@@ -28,13 +27,15 @@ class ConsumerView:
 
     def assess(self, route: Route, data: bytes) -> None:
         """Expiry and refresh problems of what the consumer holds (`data`), each warned once."""
-        if route.kind != "claude-oauth":
+        if route.kind not in ("claude-oauth", "claude-setup-token"):
             return
         health = claude_health(data)
         if health is None:
             return
         self.events.credential(route.upload, health.access_expires_ms, health.refresh_expires_ms)
-        problems = health.problems(now_ms(), self.settings.expiry_warn_hours * 3_600_000)
+        problems = health.problems(
+            now_ms(), self.settings.expiry_warn_hours * 3_600_000, self.settings.consumer_refreshes
+        )
         self.events.needs_login(route.upload, bool(problems))
         sha = hashlib.sha256(data).hexdigest()[:HASH_PREFIX]
         for problem in problems:
@@ -43,12 +44,14 @@ class ConsumerView:
                 self._said.add(key)
                 logger.bind(route=route.upload, sha=sha, problem=problem.code).warning(problem.advice)
 
-    def rewritten(self, route: Route) -> None:
-        """A destination changed on disk: if not by credsync, record and assess the consumer's version."""
-        data = read_current(route.destination, self.settings.max_bytes)
-        entry = self.ledger.last(route.upload)
-        if entry is None:
+    def rewritten(self, routes: list[Route]) -> None:
+        """A destination changed on disk: if not by credsync, record and assess the consumer's
+        version. `routes`: every route that publishes to it; the one that did so last owns it."""
+        published = [(entry, route) for route in routes if (entry := self.ledger.last(route.upload)) is not None]
+        if not published:
             return
+        entry, route = max(published, key=lambda pair: pair[0].published_at_ms)
+        data = read_current(route.destination, self.settings.max_bytes)
         if data is None:
             # Gone, or replaced by a link, socket or folder: the next rescan repairs it from the upload.
             logger.bind(route=route.upload).warning("the published file is gone or no longer a regular file")

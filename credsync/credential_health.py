@@ -1,17 +1,26 @@
 """How healthy is a published Claude credential, as the consumer holds it now? Pure logic on
-the destination's bytes: expiry times and whether it can still refresh. Never a secret."""
+the destination's bytes: what kind of credential it is, when it expires, and whether anything
+can keep it alive. Never a secret."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from credsync.errors import Rejection
 from credsync.timefmt import relative
 from credsync.validators import decode_text, parse_json_object
 
-FRESH_LOGIN = (
-    "log in again (or create a long-lived token with `claude setup-token`) and upload the new .credentials.json"
-)
+# The fix for every dead or dying credential on a server: a token that neither rotates nor
+# needs a machine to refresh it. `claude setup-token` prints it (it saves nothing).
+LONG_LIVED = "for a server, run `claude setup-token` and upload the token it prints (`credsync push --setup-token`)"
+
+Refresh = Literal["rotating", "blank", "none"]
+KIND_OF = {
+    "rotating": "login with a rotating refresh token",
+    "blank": "login with a blanked refresh token",
+    "none": "long-lived token",
+}
 
 
 @dataclass(frozen=True)
@@ -24,28 +33,50 @@ class Problem:
 class CredentialHealth:
     access_expires_ms: int | None
     refresh_expires_ms: int | None
-    has_refresh_token: bool
+    refresh: Refresh
 
-    def problems(self, now_ms: int, warn_window_ms: int) -> list[Problem]:
-        """Empty when the credential will keep working."""
+    @property
+    def has_refresh_token(self) -> bool:
+        return self.refresh == "rotating"
+
+    @property
+    def kind(self) -> str:
+        return KIND_OF[self.refresh]
+
+    def problems(self, now_ms: int, warn_window_ms: int, consumer_refreshes: bool = False) -> list[Problem]:
+        """Empty when the credential will keep working. `consumer_refreshes`: the consumer
+        writes refreshed tokens back to the published file (claude-hub's jobs do not: they
+        refresh in throwaway copies)."""
         found = []
-        if not self.has_refresh_token:
+        if self.refresh == "blank":
             found.append(
                 Problem(
                     "refresh-blank",
-                    "the refresh token is blank: the server rejected a refresh because the token family was "
-                    f"rotated elsewhere (another machine refreshed first); {FRESH_LOGIN}",
+                    "the refresh token is blank: a refresh failed because the login was rotated elsewhere"
+                    f" (another machine refreshed first); {LONG_LIVED}",
                 )
             )
-            if self.access_expires_ms is not None and self.access_expires_ms <= now_ms:
-                expired = relative(self.access_expires_ms, now_ms)
-                found.append(Problem("cannot-refresh", f"the access token expired {expired} and cannot refresh"))
-        if self.refresh_expires_ms is not None:
+        if self.refresh == "rotating" and not consumer_refreshes:
+            found.append(
+                Problem(
+                    "shared-refresh-token",
+                    "this login's refresh token is shared with the machine it came from: whichever refreshes first"
+                    " logs the other out, and jobs that refresh in throwaway copies never write the new one back, so"
+                    f" it stops working when its access token expires; {LONG_LIVED}",
+                )
+            )
+        if self.access_expires_ms is not None and (self.refresh != "rotating" or not consumer_refreshes):
+            when = relative(self.access_expires_ms, now_ms)
+            if self.access_expires_ms <= now_ms:
+                found.append(Problem("access-expired", f"the access token expired {when}; {LONG_LIVED}"))
+            elif self.access_expires_ms - now_ms <= warn_window_ms:
+                found.append(Problem("access-expiring", f"the access token expires {when}; {LONG_LIVED}"))
+        if self.refresh_expires_ms is not None and self.refresh == "rotating":
             when = relative(self.refresh_expires_ms, now_ms)
             if self.refresh_expires_ms <= now_ms:
-                found.append(Problem("refresh-expired", f"the refresh token expired {when}; {FRESH_LOGIN}"))
+                found.append(Problem("refresh-expired", f"the refresh token expired {when}; {LONG_LIVED}"))
             elif self.refresh_expires_ms - now_ms <= warn_window_ms:
-                found.append(Problem("refresh-expiring", f"the refresh token expires {when}; {FRESH_LOGIN}"))
+                found.append(Problem("refresh-expiring", f"the refresh token expires {when}; {LONG_LIVED}"))
         return found
 
 
@@ -58,11 +89,10 @@ def claude_health(data: bytes) -> CredentialHealth | None:
     oauth = document.get("claudeAiOauth")
     if not isinstance(oauth, dict):
         return None
-    refresh = oauth.get("refreshToken")
+    token = oauth.get("refreshToken")
+    refresh: Refresh = "none" if token is None else "rotating" if isinstance(token, str) and token.strip() else "blank"
     return CredentialHealth(
-        integer_or_none(oauth.get("expiresAt")),
-        integer_or_none(oauth.get("refreshTokenExpiresAt")),
-        isinstance(refresh, str) and bool(refresh.strip()),
+        integer_or_none(oauth.get("expiresAt")), integer_or_none(oauth.get("refreshTokenExpiresAt")), refresh
     )
 
 

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from credsync.errors import SourceUnavailable, printable
+from credsync.hashes import short_hash
 from credsync.health import Liveness
-from credsync.pipeline import Outcome, Pipeline, short_hash
+from credsync.pipeline import Outcome, Pipeline
 from credsync.schedule import Schedule
 from credsync.watcher import Callbacks, Watcher
 
@@ -174,7 +175,7 @@ class Daemon:
         if route is None:
             return
         try:
-            self.pipeline.consumer.rewritten(route)
+            self.pipeline.consumer.rewritten([route, *self.pipeline.routes.sharing_destination(route)])
         except Exception as error:  # the consumer wrote it: whatever it is, the daemon goes on
             logger.bind(route=name).error(f"cannot assess the consumer's version: {type(error).__name__}")
 

@@ -31,6 +31,7 @@ class Upload:
     data: bytes
     sha256: str
     changed_ns: int  # ctime: the last write, rename or chmod, as the kernel saw it
+    written_ns: int  # mtime: when it was written, or (scp -p, rsync -t) when its original was
 
 
 class SourceFolder:
@@ -41,6 +42,7 @@ class SourceFolder:
     def __init__(self, path: Path, owner: int | None = None) -> None:
         self.path = path
         self.owner = owner
+        self.group: int | None = None  # the folder's group, for files credsync gives the uploader
 
     def open(self) -> int:
         """A descriptor of the folder; raises SourceUnavailable with a one-line reason."""
@@ -48,7 +50,9 @@ class SourceFolder:
             folder_fd = open_folder(self.path)
         except OSError as error:
             raise SourceUnavailable(f"upload folder: {describe_folder_error(error)}") from None
-        owner = os.fstat(folder_fd).st_uid
+        info = os.fstat(folder_fd)
+        owner = info.st_uid
+        self.group = info.st_gid
         if self.owner is None:
             self.owner = owner
         elif owner != self.owner:
@@ -65,6 +69,25 @@ class SourceFolder:
             return read_upload(folder_fd, name, max_bytes=max_bytes, settle_ns=settle_ns)
         finally:
             os.close(folder_fd)
+
+    def changed_ns(self, name: str) -> int | None:
+        """When `name` last changed (ctime), or None when it is not there; nothing is read."""
+        try:
+            folder_fd = self.open()
+        except SourceUnavailable:
+            return None
+        try:
+            parent_fd = open_parent(folder_fd, name)
+        except (UploadMissing, Rejection):
+            return None
+        finally:
+            os.close(folder_fd)
+        try:
+            return os.stat(PurePosixPath(name).name, dir_fd=parent_fd, follow_symlinks=False).st_ctime_ns
+        except OSError:
+            return None
+        finally:
+            os.close(parent_fd)
 
 
 def read_upload(folder_fd: int, name: str, *, max_bytes: int, settle_ns: int) -> Upload:
@@ -121,7 +144,7 @@ def read_settled_file(folder_fd: int, name: str, max_bytes: int, settle_ns: int)
         raise Rejection(f"upload grew past the limit of {max_bytes} bytes while being read", code="too-large")
     if (after.st_size, after.st_mtime_ns) != (opened.st_size, opened.st_mtime_ns) or len(data) != after.st_size:
         raise UploadUnsettled("upload changed while being read")
-    return Upload(name, data, hashlib.sha256(data).hexdigest(), after.st_ctime_ns)
+    return Upload(name, data, hashlib.sha256(data).hexdigest(), after.st_ctime_ns, after.st_mtime_ns)
 
 
 def check_shape(info: os.stat_result, max_bytes: int) -> None:

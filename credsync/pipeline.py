@@ -1,11 +1,11 @@
-"""One upload through intake → route → validate → decide → publish → ledger, logged as one
-line per decision."""
+"""One upload through intake → route → validate → render → decide → publish → ledger, logged
+as one line per decision (and, where CREDSYNC_RECEIPTS_DIR is set, one receipt per route)."""
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import Enum
 from functools import partial
@@ -16,15 +16,17 @@ from credsync.consumer_view import ConsumerView
 from credsync.decide import Action, decide
 from credsync.errors import PublishError, Rejection, SourceUnavailable, UploadMissing, UploadUnsettled, printable
 from credsync.events import Events
+from credsync.hashes import short_hash
 from credsync.intake import SourceFolder, Upload
 from credsync.ledger import Entry, Ledger
 from credsync.publisher import keep_private_copy, read_current, write_atomically
+from credsync.receipts import Receipts
 from credsync.routes import Route, RouteTable, is_rsync_temp
 from credsync.settings import Settings
+from credsync.setup_token import parse_setup_token, render_credentials
 from credsync.timefmt import now_ms
 from credsync.validators import CredentialSummary, is_sound, validate
 
-HASH_PREFIX = 12
 IGNORED_MEMORY = 1024
 
 
@@ -33,6 +35,7 @@ class Outcome(Enum):
     REPAIRED = "repaired"
     UNCHANGED = "unchanged"
     KEPT_CONSUMER = "kept-consumer-change"
+    SUPERSEDED = "superseded"  # another route's newer upload publishes to the same file
     REJECTED = "rejected"
     FAILED = "failed"
     MISSING = "missing"
@@ -47,13 +50,25 @@ OUTCOME_OF_ACTION = {
     Action.UNCHANGED: Outcome.UNCHANGED,
     Action.KEEP_CONSUMER: Outcome.KEPT_CONSUMER,
 }
+# Final decisions about an upload: what its uploader is told in a receipt.
+RECEIPTED = frozenset(
+    {
+        Outcome.PUBLISHED,
+        Outcome.REPAIRED,
+        Outcome.UNCHANGED,
+        Outcome.KEPT_CONSUMER,
+        Outcome.SUPERSEDED,
+        Outcome.REJECTED,
+        Outcome.FAILED,
+    }
+)
 
 
 @dataclass(frozen=True)
 class Result:
     name: str
     outcome: Outcome
-    sha256: str = ""
+    sha256: str = ""  # of what the destination holds (for most kinds, the upload's bytes)
     reason: str = ""
 
     @property
@@ -61,8 +76,20 @@ class Result:
         return self.outcome in (Outcome.PUBLISHED, Outcome.REPAIRED)
 
 
-def short_hash(sha256_hex: str) -> str:
-    return sha256_hex[:HASH_PREFIX]
+@dataclass(frozen=True)
+class Content:
+    """What a valid upload publishes: its own bytes, or for a setup-token the credential file."""
+
+    data: bytes
+    sha256: str
+
+
+def content_of(route: Route, upload: Upload) -> Content:
+    if route.kind == "claude-setup-token":
+        token = parse_setup_token(upload.data.decode())
+        data = render_credentials(token, upload.written_ns // 1_000_000)
+        return Content(data, hashlib.sha256(data).hexdigest())
+    return Content(upload.data, upload.sha256)
 
 
 class Pipeline:
@@ -82,6 +109,7 @@ class Pipeline:
         self.events = events or Events()
         self.source = SourceFolder(settings.source, settings.source_owner)
         self.consumer = ConsumerView(settings, ledger, self.events)
+        self.receipts = Receipts(settings.receipts_dir) if settings.receipts_dir and not dry_run else None
         self._last_logged: dict[str, tuple[Outcome, str]] = {}
         self._ignored: set[str] = set(routes.upload_folders())  # folders are not uploads: never logged
 
@@ -121,54 +149,88 @@ class Pipeline:
             if not complete:
                 return self._report(route, Outcome.INCOMPLETE, upload.sha256, rejection.reason, level="DEBUG")
             return self._reject(route, upload.sha256, rejection)
+        newer = self._newer_upload_for_the_same_file(route, upload)
+        if newer is not None:
+            reason = f"the newer upload {newer.upload} publishes to the same file; remove this one"
+            return self._report(route, Outcome.SUPERSEDED, upload.sha256, reason, level="INFO")
+        content = content_of(route, upload)
         try:
             current = read_current(route.destination, self.settings.max_bytes)
-            action = self._decide(route, upload, current)
+            action = self._decide(route, content, current)
+            later = self._published_later_by(route, current) if action is Action.KEEP_CONSUMER else None
+            if later is not None:
+                reason = f"the file holds what {later.upload} published since; upload anew to replace it"
+                return self._report(route, Outcome.SUPERSEDED, upload.sha256, reason, level="INFO", content=content)
             if action in (Action.PUBLISH, Action.REPAIR) and not self.dry_run:
-                self._publish(route, upload, current)
+                self._publish(route, content, current)
             elif action is Action.UNCHANGED and not self.dry_run:
-                self._remember(route, upload)
+                self._remember(route, content)
         except PublishError as error:
             failed = partial(self.events.publish_failed, route.upload)
-            return self._report(route, Outcome.FAILED, upload.sha256, error.reason, level="ERROR", count=failed)
+            return self._report(
+                route, Outcome.FAILED, upload.sha256, error.reason, level="ERROR", count=failed, content=content
+            )
         outcome = OUTCOME_OF_ACTION[action]
         if outcome is Outcome.KEPT_CONSUMER:
             reason = "the consumer rewrote the destination since this upload was published; upload anew to replace it"
-            result = self._report(route, outcome, upload.sha256, reason, level="WARNING")
+            result = self._report(route, outcome, upload.sha256, reason, level="WARNING", content=content)
         else:
             if outcome in (Outcome.PUBLISHED, Outcome.REPAIRED) and not self.dry_run:
                 self.events.published(route.upload, outcome.value, (time.time_ns() - upload.changed_ns) / 1e9)
             self._log_warnings(route, upload, summary)
-            result = self._report(route, outcome, upload.sha256, "", level="INFO", size=len(upload.data))
+            result = self._report(
+                route, outcome, upload.sha256, "", level="INFO", size=len(upload.data), content=content
+            )
         if not self.dry_run:
-            held = current if outcome is Outcome.KEPT_CONSUMER else upload.data
+            held = current if outcome is Outcome.KEPT_CONSUMER else content.data
             self.consumer.assess(route, held or b"")
         return result
 
+    def _newer_upload_for_the_same_file(self, route: Route, upload: Upload) -> Route | None:
+        """A login and a setup-token both become `.credentials.json`: the one written last wins,
+        so a rescan never flips the file between them."""
+        for other in self.routes.sharing_destination(route):
+            changed = self.source.changed_ns(other.upload)
+            if changed is not None and changed > upload.changed_ns:
+                return other
+        return None
+
+    def _published_later_by(self, route: Route, current: bytes | None) -> Route | None:
+        """The route sharing this destination whose publication it holds, if any: not the
+        consumer's rewrite, but another upload's (a setup-token after a login, say)."""
+        held = None if current is None else hashlib.sha256(current).hexdigest()
+        for other in self.routes.sharing_destination(route):
+            entry = self.ledger.last(other.upload)
+            if entry is not None and entry.sha256 == held:
+                return other
+        return None
+
     def _reject(self, route: Route, sha256: str, rejection: Rejection) -> Result:
         counted = partial(self.events.rejected, route.upload, rejection.code)
-        return self._report(route, Outcome.REJECTED, sha256, rejection.reason, level="WARNING", count=counted)
+        return self._report(
+            route, Outcome.REJECTED, sha256, rejection.reason, level="WARNING", count=counted, code=rejection.code
+        )
 
-    def _decide(self, route: Route, upload: Upload, current: bytes | None) -> Action:
+    def _decide(self, route: Route, content: Content, current: bytes | None) -> Action:
         last = self.ledger.last(route.upload)
         return decide(
-            upload.sha256,
+            content.sha256,
             None if last is None else last.sha256,
             None if current is None else hashlib.sha256(current).hexdigest(),
             current is not None and is_sound(route.kind, current, max_bytes=self.settings.max_bytes),
         )
 
-    def _remember(self, route: Route, upload: Upload) -> None:
+    def _remember(self, route: Route, content: Content) -> None:
         """The destination holds this upload but the ledger does not say so (a crash came
         between publishing and writing the ledger): record it, or a later consumer refresh
         would look like something an old upload must repair."""
         last = self.ledger.last(route.upload)
-        if last is None or last.sha256 != upload.sha256:
-            self.ledger.record(route.upload, Entry(upload.sha256, len(upload.data), str(route.destination), now_ms()))
+        if last is None or last.sha256 != content.sha256:
+            self.ledger.record(route.upload, Entry(content.sha256, len(content.data), str(route.destination), now_ms()))
 
-    def _publish(self, route: Route, upload: Upload, current: bytes | None) -> None:
-        write_atomically(route.destination, upload.data, uid=route.uid, gid=route.gid, mode=route.mode)
-        self.ledger.record(route.upload, Entry(upload.sha256, len(upload.data), str(route.destination), now_ms()))
+    def _publish(self, route: Route, content: Content, current: bytes | None) -> None:
+        write_atomically(route.destination, content.data, uid=route.uid, gid=route.gid, mode=route.mode)
+        self.ledger.record(route.upload, Entry(content.sha256, len(content.data), str(route.destination), now_ms()))
         if current is not None:
             # After the destination, so publishing is not slowed by it; a crash in between costs
             # only this copy of the replaced version, never the published one.
@@ -195,9 +257,12 @@ class Pipeline:
         level: str,
         size: int | None = None,
         count: Callable[[], None] | None = None,
+        content: Content | None = None,
+        code: str = "",
     ) -> Result:
         """One line per decision; a decision repeated for the same bytes drops to DEBUG. `count`
-        runs for a new decision, before its line: whoever reads the line finds it counted."""
+        runs for a new decision, before its line: whoever reads the line finds it counted.
+        `sha256` is the upload's; `content` what it publishes, where that differs."""
         key = (outcome, sha256 + reason)
         repeated = self._last_logged.get(route.upload) == key
         self._last_logged[route.upload] = key
@@ -206,6 +271,8 @@ class Pipeline:
         fields: dict[str, object] = {"route": route.upload}
         if sha256:
             fields["sha"] = short_hash(sha256)
+        if content is not None and content.sha256 != sha256:
+            fields["published_sha"] = short_hash(content.sha256)
         if size is not None:
             fields["bytes"] = size
         if outcome in (Outcome.PUBLISHED, Outcome.REPAIRED):
@@ -215,7 +282,40 @@ class Pipeline:
         if self.dry_run:
             fields["dry_run"] = True
         logger.bind(**fields).log("DEBUG" if repeated else level, outcome.value)
-        return Result(route.upload, outcome, sha256, reason)
+        if outcome in RECEIPTED:
+            self._receipt(route, outcome, sha256, content, reason, code or ("publish-failed" if reason else ""))
+        return Result(route.upload, outcome, sha256 if content is None else content.sha256, reason)
+
+    def _receipt(
+        self, route: Route, outcome: Outcome, sha256: str, content: Content | None, reason: str, code: str
+    ) -> None:
+        """Every final decision, repeated ones too: `credsync push` waits for the receipt of
+        the bytes it sent, even when they change nothing."""
+        owner = self.uploader()
+        if self.receipts is None or owner is None:
+            return
+        self.receipts.decided(
+            route.upload,
+            outcome.value,
+            upload_sha256=sha256,
+            published_sha256="" if content is None else content.sha256,
+            reason_code=code if outcome in (Outcome.REJECTED, Outcome.FAILED) else "",
+            reason=reason,
+            notifies=self.settings.notifies,
+            owner=owner,
+        )
+
+    def notification_outcome(self, routes: Collection[str], outcome: str) -> None:
+        """The notifier's final word on these routes, for their receipts (its own thread)."""
+        owner = self.uploader()
+        if self.receipts is not None and owner is not None:
+            self.receipts.notified(routes, outcome, owner)
+
+    def uploader(self) -> tuple[int, int] | None:
+        """The source folder's owner and group: who receipts belong to."""
+        if self.source.owner is None or self.source.group is None:
+            return None
+        return self.source.owner, self.source.group
 
     def _note_ignored(self, name: str) -> None:
         if is_rsync_temp(name) or name in self._ignored:

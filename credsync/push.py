@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 import shlex
 import subprocess
 import sys
@@ -30,11 +31,12 @@ from credsync.validators import validate
 KEYCHAIN_SERVICE = "Claude Code-credentials"
 KEYCHAIN_NOT_FOUND = 44  # `security find-generic-password`: no such item
 CREDENTIALS_ROUTE = ".credentials.json"
-SETUP_TOKEN_ROUTE = "claude-setup-token"
+SETUP_TOKEN_ROUTE = "claude-setup-token"  # noqa: S105 - a file name
 DEFAULT_UPLOAD_DIR = "claude-uploads"
 RECEIPTS_DIR_NAME = "claude-receipts"
 MAX_BYTES = 1 << 20
 POLL_S = 0.2
+TOKEN_IN_TEXT = re.compile(r"sk-ant-oat01-[A-Za-z0-9_-]+")
 
 
 class PushError(CredsyncError):
@@ -105,8 +107,14 @@ def from_file(path: Path) -> Credential:
 
 
 def from_stdin() -> Credential:
-    """A setup-token pasted or piped in: `claude setup-token` prints it, it is never an argument."""
-    return setup_token_credential(sys.stdin.buffer.read(MAX_BYTES + 1))
+    """A setup-token pasted or piped in (it is never an argument): the one token in the text,
+    so the output of `claude setup-token` can be piped as it is."""
+    text = sys.stdin.buffer.read(MAX_BYTES + 1).decode("utf-8", errors="replace")
+    found = set(TOKEN_IN_TEXT.findall(text))
+    if len(found) != 1:
+        count = "no" if not found else "more than one"
+        raise PushError(f"not sent: {count} sk-ant-oat01- token on standard input")
+    return setup_token_credential(found.pop().encode())
 
 
 def setup_token_credential(data: bytes) -> Credential:
@@ -131,7 +139,9 @@ def remote_script(server: Server, credential: Credential, timeout_s: float) -> s
     """Runs on the server as the SSH user, the credential on its standard input."""
     target = posixpath.join(server.upload_dir, credential.route)
     receipt = posixpath.join(server.receipts_dir, receipt_name(credential.route))
+    # Its own hash, or none: an upload refused by its shape (size, kind of file) is never read.
     prefix = f'"upload_sha256_prefix": "{short_hash(credential.sha256)}"'
+    unread = '"upload_sha256_prefix": ""'
     rounds = max(1, int(timeout_s / POLL_S))
     return f"""set -eu
 umask 077
@@ -143,13 +153,15 @@ cat > "$tmp"
 mv -f "$tmp" "$target"
 n=0
 while [ "$n" -lt {rounds} ]; do
-  if [ -f "$receipt" ] && grep -qF {shlex.quote(prefix)} "$receipt"; then
+  if [ -f "$receipt" ] && grep -qF -e {shlex.quote(prefix)} -e {shlex.quote(unread)} "$receipt"; then
     grep -q '"notification": "pending"' "$receipt" || {{ cat "$receipt"; exit 0; }}
   fi
   sleep {POLL_S}
   n=$((n + 1))
 done
-if [ -f "$receipt" ] && grep -qF {shlex.quote(prefix)} "$receipt"; then cat "$receipt"; exit 0; fi
+if [ -f "$receipt" ] && grep -qF -e {shlex.quote(prefix)} -e {shlex.quote(unread)} "$receipt"; then
+  cat "$receipt"; exit 0
+fi
 exit 124
 """
 

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from credsync.errors import ConfigError
 from credsync.settings import Mode, Owner, Settings, absolute_path, describe_validation_error, is_within
 
-Kind = Literal["claude-oauth", "json", "aws-credentials", "aws-config"]
-KINDS: tuple[Kind, ...] = ("claude-oauth", "json", "aws-credentials", "aws-config")
+Kind = Literal["claude-oauth", "claude-setup-token", "json", "aws-credentials", "aws-config"]
+KINDS: tuple[Kind, ...] = ("claude-oauth", "claude-setup-token", "json", "aws-credentials", "aws-config")
 
 # rsync writes `.<name>.XXXXXX` next to the target, then renames it into place.
 RSYNC_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9]{6}$")
@@ -57,6 +57,10 @@ class RouteTable:
     def destination_dirs(self) -> set[Path]:
         return {route.destination.parent for route in self}
 
+    def sharing_destination(self, route: Route) -> list[Route]:
+        """The other routes that publish to the same file (a login or a setup-token, say)."""
+        return [other for other in self if other.destination == route.destination and other is not route]
+
 
 def is_rsync_temp(upload: str) -> bool:
     return RSYNC_TEMP_NAME.match(PurePosixPath(upload).name) is not None
@@ -70,25 +74,28 @@ def normalise_upload_path(text: str) -> str:
     return str(path)
 
 
-# Upload path, destination family ("claude" or "aws"), kind. The destination file keeps the upload's name.
-DEFAULT_ROUTES: tuple[tuple[str, str, Kind], ...] = (
-    (".credentials.json", "claude", "claude-oauth"),
-    (".claude.json", "claude", "json"),
-    ("settings.json", "claude", "json"),
-    ("aws/credentials", "aws", "aws-credentials"),
-    ("aws/config", "aws", "aws-config"),
+# Upload path, destination family ("claude" or "aws"), kind, destination file name. A login's
+# `.credentials.json` and a `claude setup-token` token both become the Claude credential: the
+# newer upload of the two wins.
+DEFAULT_ROUTES: tuple[tuple[str, str, Kind, str], ...] = (
+    (".credentials.json", "claude", "claude-oauth", ".credentials.json"),
+    ("claude-setup-token", "claude", "claude-setup-token", ".credentials.json"),
+    (".claude.json", "claude", "json", ".claude.json"),
+    ("settings.json", "claude", "json", "settings.json"),
+    ("aws/credentials", "aws", "aws-credentials", "credentials"),
+    ("aws/config", "aws", "aws-config", "config"),
 )
 
 
 def default_routes(settings: Settings) -> list[Route]:
     """Claude routes always; AWS routes only when CREDSYNC_AWS_DIR is set."""
     routes = []
-    for upload, family, kind in DEFAULT_ROUTES:
+    for upload, family, kind, filename in DEFAULT_ROUTES:
         folder = settings.claude_dir if family == "claude" else settings.aws_dir
         if folder is None:
             continue
         uid, gid = settings.owner if family == "claude" else settings.aws_owner
-        routes.append(Route(upload, folder / PurePosixPath(upload).name, kind, uid, gid, settings.mode))
+        routes.append(Route(upload, folder / filename, kind, uid, gid, settings.mode))
     return routes
 
 
@@ -170,4 +177,4 @@ def check_destination(spec: RouteSpec, destination: Path, settings: Settings) ->
 
 def kind_for_filename(filename: str) -> Kind | None:
     """The kind a default route gives a file of this name (for `credsync validate`)."""
-    return next((kind for upload, _, kind in DEFAULT_ROUTES if PurePosixPath(upload).name == filename), None)
+    return next((kind for upload, _, kind, _ in DEFAULT_ROUTES if PurePosixPath(upload).name == filename), None)

@@ -153,7 +153,15 @@ class Settings(BaseSettings):
     debounce_max_ms: int = Field(5000, ge=0, le=600_000, description="longest a notification waits in a burst")
     docker_host: str = Field("unix:///var/run/docker.sock", description="Docker Engine API address")
     http: ListenAddress | None = Field(None, description="HOST:PORT for /healthz and /metrics (off when unset)")
-    expiry_warn_hours: int = Field(72, ge=0, le=24 * 365, description="warn this long before a refresh token expires")
+    expiry_warn_hours: int = Field(72, ge=0, le=24 * 365, description="warn this long before a token expires")
+    consumer_refreshes: bool = Field(
+        False,
+        description="the consumer writes refreshed tokens back to the published file (claude-hub's jobs do not:"
+        " they refresh in throwaway copies)",
+    )
+    receipts_dir: AbsolutePath | None = Field(
+        None, description="folder of the uploader's for one receipt per route (read by `credsync push`; off when unset)"
+    )
     host_path_variables: HostPathVariables = Field(
         (("CLAUDE_AUTH_HOST_DIR", None), ("HOST_SESSIONS_DIR", "/app/sessions")),
         description="consumer variables that must hold a volume's host path (doctor): NAME for the Claude"
@@ -176,6 +184,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _folders_do_not_overlap(self) -> Settings:
         targets = {"claude_dir": self.claude_dir, "state_dir": self.state_dir}
+        if self.receipts_dir is not None:
+            targets["receipts_dir"] = self.receipts_dir
         if self.aws_dir is not None:
             targets["aws_dir"] = self.aws_dir
         for name, path in targets.items():

@@ -10,6 +10,7 @@ from typing import Any
 
 from credsync.credential_health import claude_health
 from credsync.errors import CredsyncError, PublishError, Rejection, SourceUnavailable, UploadMissing
+from credsync.hashes import HASH_PREFIX
 from credsync.intake import SourceFolder
 from credsync.ledger import Ledger
 from credsync.notify_record import read_notification
@@ -18,8 +19,6 @@ from credsync.routes import Route, RouteTable
 from credsync.settings import Settings
 from credsync.timefmt import now_ms, relative
 from credsync.validators import validate
-
-HASH_PREFIX = 12
 
 
 def gather(settings: Settings, routes: RouteTable) -> dict[str, Any]:
@@ -96,7 +95,9 @@ def destination_status(settings: Settings, route: Route, now: int) -> dict[str, 
         held["access_expires_ms"] = health.access_expires_ms
         held["refresh_expires_ms"] = health.refresh_expires_ms
         held["has_refresh_token"] = health.has_refresh_token
-        held["problems"] = [problem.advice for problem in health.problems(now, settings.expiry_warn_hours * 3_600_000)]
+        held["credential"] = health.kind
+        window = settings.expiry_warn_hours * 3_600_000
+        held["problems"] = [problem.advice for problem in health.problems(now, window, settings.consumer_refreshes)]
     return held
 
 
@@ -148,8 +149,7 @@ def describe_held(held: dict[str, Any], now: int) -> list[str]:
         parts = [f"access token {'expires ' + relative(access, now) if access else 'expiry unknown'}"]
         if refresh is not None:
             parts.append(f"refresh token expires {relative(refresh, now)}")
-        elif not held["has_refresh_token"]:
-            parts.append("no refresh token")
+        lines.append(f"  credential   {held['credential']}")
         lines.append(f"  expiry       {', '.join(parts)}")
         lines.extend(f"  ✗ {problem}" for problem in held["problems"])
     return lines

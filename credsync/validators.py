@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from credsync.errors import Rejection
 from credsync.routes import Kind
+from credsync.setup_token import parse_setup_token
 from credsync.timefmt import relative
 
 MAX_NESTING = 32
@@ -88,7 +89,9 @@ class ClaudeOauth(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     accessToken: str = Field(min_length=1, pattern=TOKEN_TEXT)
-    refreshToken: str = Field(min_length=1, pattern=TOKEN_TEXT)
+    # Absent or null: a long-lived token, which never rotates. Blank: Claude blanked it after a
+    # refresh failed (the login was rotated elsewhere): that credential is spent.
+    refreshToken: str | None = Field(None, min_length=1, pattern=TOKEN_TEXT)
     expiresAt: int = Field(gt=0, lt=10**14)
     scopes: list[str] = Field(min_length=1)
     refreshTokenExpiresAt: int | None = Field(None, gt=0, lt=10**14)
@@ -106,6 +109,9 @@ def validate(
     text = decode_text(data, max_bytes)
     if kind == "claude-oauth":
         return validate_claude_oauth(parse_json_object(text), now_ms)
+    if kind == "claude-setup-token":
+        parse_setup_token(text)
+        return CredentialSummary(kind)
     if kind == "json":
         document = parse_json_object(text)
         if not allow_commands:
@@ -124,7 +130,7 @@ def is_sound(kind: Kind, data: bytes, *, max_bytes: int) -> bool:
     so this checks syntax only; a rewritten but well-formed file is the consumer's to keep."""
     try:
         text = decode_text(data, max_bytes)
-        if kind in ("claude-oauth", "json"):
+        if kind in ("claude-oauth", "claude-setup-token", "json"):  # a setup-token is published as JSON
             parse_json_object(text)
         else:
             parse_ini(text)
@@ -251,6 +257,12 @@ def validate_claude_oauth(document: dict[str, Any], now_ms: int) -> CredentialSu
         raise Rejection(describe_model_error(error), code="schema") from None
     warnings = []
     access_expired = oauth.expiresAt <= now_ms
+    if access_expired and oauth.refreshToken is None:
+        raise Rejection(
+            f"the access token expired {relative(oauth.expiresAt, now_ms)} and there is no refresh token;"
+            " create a new one with `claude setup-token` and upload that",
+            code="expired",
+        )
     if access_expired:
         warnings.append(f"access token expired {relative(oauth.expiresAt, now_ms)}; Claude will use the refresh token")
     refresh_expiry = oauth.refreshTokenExpiresAt

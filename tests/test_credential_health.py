@@ -15,10 +15,12 @@ def credential(**oauth: object) -> bytes:
     return json.dumps({"claudeAiOauth": {"accessToken": "a", "refreshToken": "r", **oauth}}).encode()
 
 
-def codes(data: bytes) -> list[str]:
+def codes(data: bytes, *, consumer_refreshes: bool = True) -> list[str]:
+    """By default for a consumer that writes refreshed tokens back (claude-hub's does not:
+    tests/test_lifecycle_logic.py covers that one)."""
     health = claude_health(data)
     assert health is not None
-    return [problem.code for problem in health.problems(NOW, WINDOW)]
+    return [problem.code for problem in health.problems(NOW, WINDOW, consumer_refreshes)]
 
 
 def test_a_working_credential_has_no_problem() -> None:
@@ -26,8 +28,8 @@ def test_a_working_credential_has_no_problem() -> None:
 
 
 def test_a_blank_refresh_token_needs_a_fresh_login() -> None:
-    assert codes(credential(refreshToken="", expiresAt=NOW + HOUR)) == ["refresh-blank"]
-    assert codes(credential(refreshToken=" ", expiresAt=NOW - HOUR)) == ["refresh-blank", "cannot-refresh"]
+    assert codes(credential(refreshToken="", expiresAt=NOW + HOUR)) == ["refresh-blank", "access-expiring"]
+    assert codes(credential(refreshToken=" ", expiresAt=NOW - HOUR)) == ["refresh-blank", "access-expired"]
 
 
 def test_refresh_token_expiry_is_warned_within_the_window() -> None:
@@ -40,7 +42,7 @@ def test_advice_names_the_fix_and_no_secret() -> None:
     health = claude_health(credential(refreshToken="", expiresAt=NOW))
     assert health is not None
     advice = health.problems(NOW, WINDOW)[0].advice
-    assert "claude setup-token" in advice and "upload the new .credentials.json" in advice
+    assert "claude setup-token" in advice and "credsync push --setup-token" in advice
 
 
 def test_other_shapes_are_not_assessed() -> None:

@@ -7,6 +7,7 @@ started the way claude-hub starts one."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -23,7 +24,7 @@ import yaml
 from docker.models.containers import Container
 
 from credsync import __version__
-from tests.helpers import assert_no_canary, claude_credentials, wait_until
+from tests.helpers import assert_no_canary, claude_credentials, sha12, wait_until
 from tests.image_build import OfflineBuild, clean_clone
 from tests.sshd import SshServer
 
@@ -192,9 +193,10 @@ def deploy(
     def up(transform: Transformation, layers: list[str]) -> DokployApp:
         name = app_name()
         code = clean_clone(tmp_path / name / "code")
-        uploads = Path(sshd.user.home) / f"claude-uploads-{name}"
-        uploads.mkdir(mode=0o700)
-        os.chown(uploads, sshd.user.uid, sshd.user.gid)
+        uploads = Path(sshd.user.home) / name / "claude-uploads"
+        for folder in (uploads.parent, uploads, uploads.parent / "claude-receipts"):
+            folder.mkdir(mode=0o700)
+            os.chown(folder, sshd.user.uid, sshd.user.gid)
         compose = yaml.safe_load((code / COMPOSE_FILE).read_text())
         transform(compose, name)
         (code / COMPOSE_FILE).write_text(yaml.safe_dump(compose, sort_keys=False))
@@ -204,6 +206,7 @@ def deploy(
         environment = {
             "COMPOSE_PROJECT_NAME": name,
             "UPLOADS_DIR": str(uploads),
+            "RECEIPTS_DIR": str(uploads.parent / "claude-receipts"),
             "WEBHOOK_IMAGE": webhook_image,
             "BOT_USERNAME": "@credsync-test",
             "GITHUB_TOKEN": "not-a-token",
@@ -221,7 +224,7 @@ def deploy(
     yield up
     for app in apps:
         app.compose("down", "-v", "--timeout", "5")
-        shutil.rmtree(app.uploads)
+        shutil.rmtree(app.uploads.parent)
 
 
 def upload(app: DokployApp, sshd: SshServer, local: Path, data: bytes, *, legacy: bool = False) -> None:
@@ -292,6 +295,13 @@ def test_the_dokploy_compose_publishes_an_scp_upload_that_a_claude_hub_job_reads
     assert published.read_bytes() == data, "the volume does not hold the uploaded bytes"
     info = published.stat()
     assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (1001, 1001, 0o600)
+
+    # The uploader can read what became of it, without privileges on the server.
+    receipt_path = app.uploads.parent / "claude-receipts" / ".credentials.json.receipt.json"
+    wait_until(receipt_path.exists, timeout=10)
+    receipt = json.loads(receipt_path.read_text())
+    assert (receipt["outcome"], receipt["upload_sha256_prefix"]) == ("published", sha12(data))
+    assert receipt_path.stat().st_uid == sshd.user.uid
 
     # A job sees the credential; what it writes to /sessions the webhook sees at /app/sessions.
     job = f"job-{secrets.token_hex(4)}"

@@ -13,7 +13,7 @@ from credsync.errors import Rejection
 from credsync.push import Server, Verdict, judge_receipt, parse_server
 from credsync.setup_token import TOKEN_LIFETIME_MS, parse_setup_token, render_credentials
 from credsync.validators import validate
-from tests.helpers import CANARY, HOUR_MS, REFRESH_TOKEN, claude_credentials
+from tests.helpers import CANARY, HOUR_MS, REFRESH_TOKEN, claude_credentials, now_ms
 
 NOW = 1_800_000_000_000
 TOKEN = "sk-ant-oat01-" + "x" * 20 + CANARY
@@ -54,7 +54,7 @@ def problems(data: bytes, *, now: int, consumer_refreshes: bool = False) -> dict
 
 
 def test_a_rotating_refresh_token_is_said_to_be_shared_with_its_machine() -> None:
-    now = NOW
+    now = now_ms()  # claude_credentials() expires 8 hours from the real now
     found = problems(claude_credentials(expires_in_ms=8 * HOUR_MS), now=now)
     assert "shared-refresh-token" in found and "claude setup-token" in found["shared-refresh-token"]
     assert "access-expiring" in found  # nothing writes a refreshed token back: the access token is the deadline
@@ -98,10 +98,26 @@ def test_receipts_beside_the_upload_folder() -> None:
 @pytest.mark.parametrize(
     ("receipt", "verdict", "said"),
     [
-        ({"outcome": "published", "published_sha256_prefix": "abc", "notification": "delivered"}, Verdict.DONE, "published, sha abc, notification delivered"),
-        ({"outcome": "unchanged", "upload_sha256_prefix": "def", "notification": "none"}, Verdict.DONE, "unchanged, sha def"),
-        ({"outcome": "rejected", "reason": "not valid JSON", "notification": "none"}, Verdict.REJECTED, "rejected: not valid JSON"),
-        ({"outcome": "failed", "reason": "no space left", "notification": "none"}, Verdict.FAILED, "failed: no space left"),
+        (
+            {"outcome": "published", "published_sha256_prefix": "abc", "notification": "delivered"},
+            Verdict.DONE,
+            "published, sha abc, notification delivered",
+        ),
+        (
+            {"outcome": "unchanged", "upload_sha256_prefix": "def", "notification": "none"},
+            Verdict.DONE,
+            "unchanged, sha def",
+        ),
+        (
+            {"outcome": "rejected", "reason": "not valid JSON", "notification": "none"},
+            Verdict.REJECTED,
+            "rejected: not valid JSON",
+        ),
+        (
+            {"outcome": "failed", "reason": "no space left", "notification": "none"},
+            Verdict.FAILED,
+            "failed: no space left",
+        ),
     ],
 )
 def test_a_receipt_becomes_one_line_and_a_verdict(receipt: dict[str, str], verdict: Verdict, said: str) -> None:

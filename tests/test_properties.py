@@ -82,7 +82,8 @@ def judge(kind: Kind, data: bytes, secrets: Sequence[str] = ()) -> CredentialSum
     shown = repr(summary)
     for secret in secrets:
         assert not any(piece in shown for piece in pieces(secret)), "a summary holds a piece of a secret"
-    assert is_sound(kind, data, max_bytes=MAX), "accepted, yet not sound as a destination"
+    if kind != "claude-setup-token":  # its destination is the credential rendered from it, not the upload
+        assert is_sound(kind, data, max_bytes=MAX), "accepted, yet not sound as a destination"
     return summary
 
 
@@ -176,8 +177,16 @@ def aws_config_files(draw: st.DrawFn) -> tuple[bytes, list[str]]:
     return ("\n".join(lines) + "\n").encode(), secrets
 
 
+@st.composite
+def setup_token_files(draw: st.DrawFn) -> tuple[bytes, list[str]]:
+    secret = draw(st.from_regex(r"[A-Za-z0-9_-]{16,40}", fullmatch=True))
+    # The prefix is public (reasons name it); the rest is the secret.
+    return ("sk-ant-oat01-" + secret + draw(st.sampled_from(["", "\n", "\r\n"]))).encode(), [secret]
+
+
 VALID_FILES: dict[Kind, Callable[[], st.SearchStrategy[tuple[bytes, list[str]]]]] = {
     "claude-oauth": claude_files,
+    "claude-setup-token": setup_token_files,
     "json": settings_files,
     "aws-credentials": aws_credential_files,
     "aws-config": aws_config_files,

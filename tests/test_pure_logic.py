@@ -61,7 +61,12 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_default_routes_and_aws_only_when_configured() -> None:
-    assert [route.upload for route in load_routes(settings())] == [".credentials.json", ".claude.json", "settings.json"]
+    assert [route.upload for route in load_routes(settings())] == [
+        ".credentials.json",
+        "claude-setup-token",
+        ".claude.json",
+        "settings.json",
+    ]
     table = load_routes(settings(aws_dir="/srv/aws", aws_owner="0:0"))
     aws = table.match("aws/credentials")
     assert (
@@ -90,7 +95,7 @@ def test_routes_file_adds_and_replaces(tmp_path: Path) -> None:
     added = table.match("gemini/creds.json")
     assert replaced is not None and replaced.destination == Path("/srv/claude/settings.local.json")
     assert replaced.mode == 0o640
-    assert added is not None and (added.uid, added.gid) == (2000, 2000) and len(table) == 4
+    assert added is not None and (added.uid, added.gid) == (2000, 2000) and len(table) == 5
 
 
 @pytest.mark.parametrize(

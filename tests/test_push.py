@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ def make_site(sshd: SshServer, tmp_path: Path, name: str) -> Site:
     home = Path(sshd.user.home)
     base = home / f"push-{tmp_path.name}-{name}"
     uploads, receipts = base / "claude-uploads", base / "claude-receipts"
+    shutil.rmtree(base, ignore_errors=True)  # left by an interrupted run
     for folder in (base, uploads, receipts):
         folder.mkdir(mode=0o700)
         os.chown(folder, sshd.user.uid, sshd.user.gid)
@@ -62,7 +64,7 @@ def servers(sshd: SshServer, tmp_path: Path) -> Iterator[list[tuple[Site, WatchP
     yield started
     for site, process in started:
         process.stop()
-        subprocess.run(["rm", "-rf", str(site.source.parent)], check=True)
+        shutil.rmtree(site.source.parent)
 
 
 class ArgvWatch:
@@ -101,7 +103,7 @@ def push(
     targets = [f"{sshd.user.name}@127.0.0.1:{site.remote_dir}" for site in sites]
     with ArgvWatch() as argv:
         result = subprocess.run(
-            credsync_command("push", *source, f"--ssh={ssh}", f"--timeout={TIMEOUT_S}", *targets),
+            credsync_command("push", f"--ssh={ssh}", f"--timeout={TIMEOUT_S}", *source, *targets),
             input=stdin.decode(),
             capture_output=True,
             text=True,
@@ -157,7 +159,9 @@ def test_a_server_that_refuses_says_why_with_exit_1(
     sites = [site for site, _ in servers]
     strict_site, strict = servers[1]
     strict.stop()
-    stricter = WatchProcess(strict_site, ["--settle-ms=50", f"--receipts-dir={strict_site.receipts}", "--max-bytes=100"]).ready()
+    stricter = WatchProcess(
+        strict_site, ["--settle-ms=50", f"--receipts-dir={strict_site.receipts}", "--max-bytes=100"]
+    ).ready()
     try:
         local = tmp_path / ".credentials.json"
         local.write_bytes(claude_credentials(serial=2))
@@ -173,9 +177,11 @@ def test_a_server_without_credsync_times_out_with_exit_5(sshd: SshServer, tmp_pa
     silent = make_site(sshd, tmp_path, "silent")
     local = tmp_path / ".credentials.json"
     local.write_bytes(claude_credentials(serial=3))
-    result = push(sshd, [silent], f"--file={local}", "--timeout=2")
+    try:
+        result = push(sshd, [silent], f"--file={local}", "--timeout=2")
+    finally:
+        shutil.rmtree(silent.source.parent)
     assert result.returncode == 5 and "no receipt within 2s" in result.stdout
-    subprocess.run(["rm", "-rf", str(silent.source.parent)], check=True)
 
 
 def test_a_setup_token_from_standard_input_is_published_as_a_long_lived_credential(
@@ -200,7 +206,7 @@ def test_the_keychain_is_read_through_security(
     security = stand_in / "security"
     security.write_text(
         "#!/bin/sh\n# a stand-in for macOS's security(1): find-generic-password -s SERVICE -w\n"
-        f'[ "$4" = "Claude Code-credentials" ] && [ -f {tmp_path}/keychain.json ] || exit 44\n'
+        f'[ "$3" = "Claude Code-credentials" ] && [ -f {tmp_path}/keychain.json ] || exit 44\n'
         f"cat {tmp_path}/keychain.json; echo\n"
     )
     security.chmod(0o755)

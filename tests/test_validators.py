@@ -83,7 +83,7 @@ def test_both_tokens_expired_is_rejected_with_the_fix() -> None:
         (b'{"claudeAiOauth": ', "not valid JSON"),
         (b"{}", "claudeAiOauth: Field required"),
         (oauth(accessToken=""), "accessToken"),
-        (oauth(refreshToken=None), "refreshToken: Field required"),
+        (oauth(refreshToken=""), "refreshToken: String should have at least 1 character"),
         (oauth(expiresAt="1800000000000"), "expiresAt: Input should be a valid integer"),
         (oauth(expiresAt=1.5e12), "expiresAt"),
         (oauth(expiresAt=True), "expiresAt"),

@@ -70,7 +70,7 @@ def test_bad_uploads_are_rejected_and_the_next_good_one_is_published(folders: Fo
 
     bad_uploads: list[tuple[Callable[[], object], str]] = [
         (lambda: upload.write_bytes(good[: len(good) // 2]), "not valid JSON"),
-        (lambda: upload.write_bytes(b'{"claudeAiOauth": {"accessToken": "x"}}'), "refreshToken: Field required"),
+        (lambda: upload.write_bytes(b'{"claudeAiOauth": {"accessToken": "x"}}'), "expiresAt: Field required"),
         (replaced_by(lambda: upload.symlink_to(secret)), "symlink"),
         (replaced_by(lambda: os.mkfifo(upload)), "FIFO"),
         (replaced_by(lambda: os.link(secret, upload)), "hard links"),

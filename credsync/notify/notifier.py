@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import urllib.error
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from enum import IntEnum
 from urllib.parse import urlsplit
 
@@ -18,6 +18,7 @@ from loguru import logger
 
 from credsync.errors import ConfigError, printable
 from credsync.events import Events
+from credsync.hashes import HASH_PREFIX
 from credsync.notify.delivery import DeliveryFailed, Snapshot, post_http, run_exec, send_signal, verify_survived
 from credsync.notify.pending import Pending
 from credsync.notify.proc_readers import reader_for
@@ -25,8 +26,6 @@ from credsync.notify.procstatus import ProcReadError, receiver_verdict
 from credsync.notify.targets import TargetSpec, own_compose_project, parse_target, resolve
 from credsync.notify_record import write_notification
 from credsync.settings import Settings
-
-HASH_PREFIX = 12
 
 
 class Delivery(IntEnum):
@@ -49,10 +48,17 @@ TRANSIENT_ERRORS = (
 )
 
 
+OutcomeListener = Callable[[Collection[str], str], None]
+
+
 class Notifier:
-    def __init__(self, settings: Settings, events: Events | None = None) -> None:
+    def __init__(
+        self, settings: Settings, events: Events | None = None, listener: OutcomeListener | None = None
+    ) -> None:
+        """`listener(routes, outcome)` hears every final outcome (delivered, skipped, failed)."""
         self.settings = settings
         self.events = events or Events()
+        self.listener = listener
         self.mode = settings.notify
         self.spec: TargetSpec | None = parse_target(settings.notify_target) if settings.notify_target else None
         self._pending = Pending(settings.debounce_ms / 1000, settings.debounce_max_ms / 1000, time.monotonic)
@@ -106,6 +112,8 @@ class Notifier:
         outcome = self._attempt(batch)
         self.events.notification(outcome.name.lower())
         write_notification(self.settings.state_dir, outcome.name.lower(), describe_batch(batch))
+        if self.listener is not None and outcome is not Delivery.PENDING:
+            self.listener(list(batch), outcome.name.lower())
         return outcome
 
     def _attempt(self, batch: Mapping[str, str]) -> Delivery:

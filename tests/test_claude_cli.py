@@ -1,0 +1,104 @@
+"""The real consumer: Claude Code's own CLI (npm `@anthropic-ai/claude-code`, installed by
+scripts/test-deps) reads what credsync published the way claude-hub's job does: the credentials
+folder copied into a private workspace, owned by `node` (UID 1000), `claude` run as that user
+with HOME there. `claude auth status` needs no network."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import CANARY, Folders, assert_no_canary, claude_credentials, run_cli
+
+CLAUDE = Path("/opt/credsync-test/claude-code/node_modules/.bin/claude")
+NODE = 1000  # claude-hub's job runs claude as `node`
+TOKEN = "sk-ant-oat01-fake-" + "k" * 24 + CANARY
+
+
+@pytest.fixture(scope="session")
+def claude() -> Path:
+    if not CLAUDE.exists():  # never skipped: without the real consumer this proves nothing
+        pytest.fail(f"{CLAUDE} is missing: run 'bash scripts/test-deps'")
+    return CLAUDE
+
+
+@pytest.fixture
+def workspace() -> Iterator[Path]:
+    # Not under pytest's tmp_path: that is root's 0700 folder, which `node` could not enter.
+    folder = Path(tempfile.mkdtemp(prefix="credsync-job-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def auth_status(claude: Path, home: Path) -> dict[str, Any]:
+    result = subprocess.run(
+        ["setpriv", f"--reuid={NODE}", f"--regid={NODE}", "--clear-groups", str(claude), "auth", "status"],
+        env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert_no_canary(result.stdout + result.stderr, "claude auth status")
+    status: dict[str, Any] = json.loads(result.stdout)
+    return status
+
+
+def as_a_job_reads_it(claude: Path, published: Path, workspace: Path) -> dict[str, Any]:
+    """claude-hub's job entrypoint: copy /home/node/.claude/. to /workspace/.claude, chown it to
+    node, run claude as node with HOME=/workspace."""
+    shutil.copytree(published, workspace / ".claude")
+    for path in [workspace, *workspace.rglob("*")]:
+        os.chown(path, NODE, NODE, follow_symlinks=False)
+    return auth_status(claude, workspace)
+
+
+def sync(folders: Folders) -> int:
+    return run_cli("sync", *folders.args()).returncode
+
+
+def test_a_published_setup_token_logs_claude_in(claude: Path, folders: Folders, workspace: Path) -> None:
+    folders.upload("claude-setup-token", (TOKEN + "\n").encode())
+    assert sync(folders) == 0
+    status = as_a_job_reads_it(claude, folders.claude_dir, workspace)
+    assert status["loggedIn"] is True and status["authMethod"] == "claude.ai"
+    published = json.loads((folders.claude_dir / ".credentials.json").read_bytes())["claudeAiOauth"]
+    assert "refreshToken" not in published, "a long-lived token has nothing to rotate"
+
+
+def test_a_published_login_logs_claude_in(claude: Path, folders: Folders, workspace: Path) -> None:
+    folders.upload(".credentials.json", claude_credentials(serial=1))
+    assert sync(folders) == 0
+    assert as_a_job_reads_it(claude, folders.claude_dir, workspace)["loggedIn"] is True
+
+
+def test_what_credsync_refused_leaves_claude_logged_out(claude: Path, folders: Folders, workspace: Path) -> None:
+    document = json.loads(claude_credentials(serial=2))
+    del document["claudeAiOauth"]["scopes"]  # Claude ignores a credential without scopes
+    folders.upload(".credentials.json", json.dumps(document).encode())
+    assert sync(folders) == 1
+    assert not (folders.claude_dir / ".credentials.json").exists()
+    assert as_a_job_reads_it(claude, folders.claude_dir, workspace)["loggedIn"] is False
+
+
+def test_the_published_file_is_private_to_its_owner(claude: Path, folders: Folders, workspace: Path) -> None:
+    """0600 for UID 1001: read in place by another UID (node, 1000), Claude is logged out."""
+    folders.upload(".credentials.json", claude_credentials(serial=3))
+    assert sync(folders) == 0
+    home = workspace / "home"
+    (home / ".claude").mkdir(parents=True)
+    os.chown(home, NODE, NODE)
+    shutil.copy2(folders.claude_dir / ".credentials.json", home / ".claude" / ".credentials.json")
+    os.chown(home / ".claude" / ".credentials.json", 1001, 1001)  # as published: 1001, 0600
+    assert auth_status(claude, home)["loggedIn"] is False
