@@ -35,8 +35,9 @@ from credsync.pipeline import Outcome, Pipeline, Result
 from credsync.publisher import ensure_private_folder, remove_stale_temps
 from credsync.routes import KINDS, Kind, kind_for_filename, load_routes
 from credsync.settings import Settings, load_settings
+from credsync.state_lock import hold_state_lock
 from credsync.timefmt import now_ms
-from credsync.validators import CredentialSummary, validate
+from credsync.validators import kind_from_content, validate
 
 if TYPE_CHECKING:
     from http.server import ThreadingHTTPServer
@@ -164,6 +165,11 @@ def run_watch(args: argparse.Namespace) -> int:
     from credsync.daemon import Daemon
 
     settings = settings_from(args)
+    try:
+        hold_state_lock(settings.state_dir)  # before anything touches the state or the destinations
+    except CredsyncError as error:
+        logger.error(error.reason)
+        return EXIT_USAGE
     events, server = start_metrics(settings)
     try:
         pipeline = prepare(settings, dry_run=False, events=events)
@@ -183,7 +189,7 @@ def start_metrics(settings: Settings) -> tuple[Events, ThreadingHTTPServer | Non
         return Events(), None
     from credsync.metrics import PrometheusEvents, serve
 
-    events = PrometheusEvents()
+    events = PrometheusEvents(route.upload for route in load_routes(settings))
     host, port = settings.http
     try:
         server = serve(events, host, port)
@@ -235,6 +241,7 @@ def run_sync(args: argparse.Namespace) -> int:
         logger.bind(source=str(settings.source)).error(f"nothing published: {error.reason}")
         return EXIT_PUBLISH_FAILED
     results = sync_once(pipeline)
+    pipeline.look_for_near_misses()
     pipeline.ledger.flush()
     changed = {result.name: result.sha256 for result in results if result.changed_destination}
     notified = not changed or notify_now(pipeline, changed, dry_run=args.dry_run)
@@ -308,41 +315,50 @@ def run_push(args: argparse.Namespace) -> int:
 def run_validate(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in ("max_bytes", "allow_commands") if hasattr(args, name)}
     settings = load_settings(overrides)
-    max_bytes = settings.max_bytes
     worst = EXIT_OK
     for path in args.files:
-        kind: Kind | None = args.kind or kind_for_filename(path.name)
         label = printable(str(path))
+        try:
+            data = read_file(path, settings.max_bytes)
+        except (Rejection, UploadMissing) as error:
+            print(f"{label}: invalid: {error.reason}")
+            worst = max(worst, EXIT_REJECTED)
+            continue
+        kind: Kind | None = args.kind or kind_for_filename(path.name)
+        assumed = ""
         if kind is None:
-            print(f"{label}: cannot tell the kind from the name; pass --kind ({', '.join(KINDS)})")
+            kind = kind_from_content(data)
+            assumed = f" (kind assumed from the content; pass --kind to choose: {', '.join(KINDS)})"
+        if kind is None:
+            print(f"{label}: cannot tell the kind from the name or the content; pass --kind ({', '.join(KINDS)})")
             worst = EXIT_USAGE
             continue
         try:
-            summary = validate_file(path, kind, max_bytes, allow_commands=settings.allow_commands)
-        except (Rejection, UploadMissing) as error:
-            print(f"{label}: invalid {kind}: {error.reason}")
+            summary = validate(
+                kind, data, max_bytes=settings.max_bytes, now_ms=now_ms(), allow_commands=settings.allow_commands
+            )
+        except Rejection as error:
+            print(f"{label}: invalid {kind}: {error.reason}{assumed}")
             worst = max(worst, EXIT_REJECTED)
             continue
         notes = "".join(f"; warning: {warning}" for warning in summary.warnings)
-        print(f"{label}: valid {kind}{notes}")
+        print(f"{label}: valid {kind}{notes}{assumed}")
     return worst
 
 
-def validate_file(path: Path, kind: Kind, max_bytes: int, *, allow_commands: bool) -> CredentialSummary:
+def read_file(path: Path, max_bytes: int) -> bytes:
     """The same safe intake the daemon uses, so `validate` says what `watch` would. The folder is
     the caller's own choice and may be reached through links; the file itself may not."""
     try:
         folder_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as error:
         if error.errno == errno.ENOTDIR:
-            raise Rejection(
-                f"folder {path.parent.name!r} is a symlink; credsync follows no links", code="symlink"
-            ) from None
+            reason = f"folder {path.parent.name!r} is a symlink; credsync follows no links"
+            raise Rejection(reason, code="symlink") from None
         raise UploadMissing(f"cannot open folder {path.parent}: {error.strerror}") from None
     try:
-        upload = read_upload(folder_fd, path.name, max_bytes=max_bytes, settle_ns=0)
+        return read_upload(folder_fd, path.name, max_bytes=max_bytes, settle_ns=0).data
     except UploadUnsettled:
         raise Rejection("file changed while being read", code="changed") from None
     finally:
         os.close(folder_fd)
-    return validate(kind, upload.data, max_bytes=max_bytes, now_ms=now_ms(), allow_commands=allow_commands)

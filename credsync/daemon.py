@@ -207,6 +207,7 @@ class Daemon:
         logger.bind(reason=printable(reason)).debug("reconcile")
         for route in self.pipeline.routes:
             self.handle(route.upload, complete=True)
+        self.pipeline.look_for_near_misses()
 
     def handle(self, name: str, *, complete: bool = False) -> None:
         if self._stop_requested:

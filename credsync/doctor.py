@@ -139,9 +139,10 @@ def read_int(path: str) -> int:
 
 def check_docker(settings: Settings) -> list[Check]:
     socket = settings.docker_host.removeprefix("unix://")
-    if not settings.notifies and settings.docker_host.startswith("unix://") and not os.path.exists(socket):
+    usable = os.access(socket, os.R_OK | os.W_OK)
+    if not settings.notifies and settings.docker_host.startswith("unix://") and not usable:
         # Publishing only, and rightly without the socket (claude-hub needs no reload).
-        return [Check(True, "publishing only: no notify target and no Docker socket, so no consumer checks")]
+        return [Check(True, "publishing only: no notify target and no usable Docker socket, so no consumer checks")]
     from credsync.notify.doctor_checks import docker_checks  # the Docker SDK only when needed
 
     try:

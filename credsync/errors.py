@@ -19,6 +19,40 @@ class ConfigError(CredsyncError):
     """A setting or the routes file is wrong; the fix is in the configuration."""
 
 
+# Every `Rejection.code`: a metrics label each, counted from zero (tests/test_metrics_logic.py
+# checks this list against the code that raises them).
+REJECTION_CODES = (
+    "bom",
+    "changed",
+    "duplicate-key",
+    "duplicate-section",
+    "empty",
+    "expired",
+    "hard-link",
+    "huge-number",
+    "interpolation",
+    "invalid",
+    "long-file",
+    "long-line",
+    "missing-key",
+    "nesting",
+    "no-section",
+    "not-ini",
+    "not-json",
+    "not-object",
+    "not-regular-file",
+    "not-setup-token",
+    "not-utf8",
+    "nul-bytes",
+    "runs-command",
+    "schema",
+    "symlink",
+    "too-large",
+    "truncated",
+    "unreadable",
+)
+
+
 class Rejection(CredsyncError):
     """An upload is not acceptable and will not be published. `code` is a short, fixed name
     for the kind of problem (a metrics label); `reason` is the one-line explanation."""

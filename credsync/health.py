@@ -109,7 +109,9 @@ def check_health(state_dir: Path) -> str:
     try:
         record = HealthRecord(**json.loads(path.read_bytes()))
     except FileNotFoundError:
-        raise CredsyncError(f"no {path}: credsync watch is not running or not ready yet") from None
+        raise CredsyncError(
+            f"no {path}: credsync watch is not running or not ready yet (or it uses another --state-dir)"
+        ) from None
     except (OSError, ValueError, TypeError) as error:
         raise CredsyncError(f"unreadable {path}: {error}") from None
     try:

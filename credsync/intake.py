@@ -141,7 +141,9 @@ def read_settled_file(folder_fd: int, name: str, max_bytes: int, settle_ns: int)
     finally:
         os.close(file_fd)
     if len(data) > max_bytes:
-        raise Rejection(f"upload grew past the limit of {max_bytes} bytes while being read", code="too-large")
+        raise Rejection(
+            f"upload grew past the limit of {max_bytes} bytes (CREDSYNC_MAX_BYTES) while being read", code="too-large"
+        )
     if (after.st_size, after.st_mtime_ns) != (opened.st_size, opened.st_mtime_ns) or len(data) != after.st_size:
         raise UploadUnsettled("upload changed while being read")
     return Upload(name, data, hashlib.sha256(data).hexdigest(), after.st_ctime_ns, after.st_mtime_ns)
@@ -158,7 +160,9 @@ def check_shape(info: os.stat_result, max_bytes: int) -> None:
     if info.st_nlink != 1:
         raise Rejection(f"upload has {info.st_nlink} hard links; copy it instead of linking", code="hard-link")
     if info.st_size > max_bytes:
-        raise Rejection(f"upload is {info.st_size} bytes, over the limit of {max_bytes}", code="too-large")
+        raise Rejection(
+            f"upload is {info.st_size} bytes, over the limit of {max_bytes} (CREDSYNC_MAX_BYTES)", code="too-large"
+        )
 
 
 def read_at_most(fd: int, limit: int) -> bytes:

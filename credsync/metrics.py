@@ -6,21 +6,39 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from credsync import __version__
+from credsync.errors import REJECTION_CODES
 from credsync.events import Events
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class PrometheusEvents(Events):
-    def __init__(self) -> None:
+    def __init__(self, routes: Iterable[str] = ()) -> None:
+        """`routes`: every route's counters start at zero, so a rate() has a first sample."""
         self.registry = CollectorRegistry()
         registry = self.registry
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+        Info("credsync_build", "credsync's version", registry=registry).info({"version": __version__})
         self._publications = Counter(
             "credsync_publications", "Destinations written", ["route", "outcome"], registry=registry
         )
@@ -55,6 +73,15 @@ class PrometheusEvents(Events):
         )
         self._ready = Gauge("credsync_ready", "1 after the first reconcile while the watcher lives", registry=registry)
         self.healthy = False
+        for route in routes:
+            for outcome in ("published", "repaired"):
+                self._publications.labels(route, outcome)
+            for code in REJECTION_CODES:
+                self._rejections.labels(route, code)
+            self._failures.labels(route)
+            self._rewrites.labels(route)
+        for result in ("delivered", "skipped", "failed", "pending"):
+            self._notifications.labels(result)
 
     def published(self, route: str, outcome: str, latency_s: float) -> None:
         self._publications.labels(route, outcome).inc()

@@ -3,12 +3,16 @@ as one line per decision (and, where CREDSYNC_RECEIPTS_DIR is set, one receipt p
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import stat
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import Enum
 from functools import partial
+from pathlib import PurePosixPath
 
 from loguru import logger
 
@@ -19,9 +23,10 @@ from credsync.events import Events
 from credsync.hashes import short_hash
 from credsync.intake import SourceFolder, Upload
 from credsync.ledger import Entry, Ledger
-from credsync.publisher import keep_private_copy, read_current, write_atomically
+from credsync.publisher import keep_private_copy, read_current, stat_destination, write_atomically
 from credsync.receipts import Receipts
-from credsync.routes import Route, RouteTable, is_rsync_temp
+from credsync.routes import Route, RouteTable, is_rsync_temp, near_miss
+from credsync.safe_paths import open_subfolders
 from credsync.settings import Settings
 from credsync.setup_token import parse_setup_token, render_credentials
 from credsync.timefmt import now_ms
@@ -50,6 +55,7 @@ OUTCOME_OF_ACTION = {
     Action.UNCHANGED: Outcome.UNCHANGED,
     Action.KEEP_CONSUMER: Outcome.KEPT_CONSUMER,
 }
+CHANGES = frozenset({Outcome.PUBLISHED, Outcome.REPAIRED})
 # Final decisions about an upload: what its uploader is told in a receipt.
 RECEIPTED = frozenset(
     {
@@ -73,7 +79,7 @@ class Result:
 
     @property
     def changed_destination(self) -> bool:
-        return self.outcome in (Outcome.PUBLISHED, Outcome.REPAIRED)
+        return self.outcome in CHANGES
 
 
 @dataclass(frozen=True)
@@ -165,6 +171,7 @@ class Pipeline:
                 self._publish(route, content, current)
             elif action is Action.UNCHANGED and not self.dry_run:
                 self._remember(route, content)
+                self._repair_owner_and_mode(route, content)
         except PublishError as error:
             failed = partial(self.events.publish_failed, route.upload)
             return self._report(
@@ -228,6 +235,18 @@ class Pipeline:
         if last is None or last.sha256 != content.sha256:
             self.ledger.record(route.upload, Entry(content.sha256, len(content.data), str(route.destination), now_ms()))
 
+    def _repair_owner_and_mode(self, route: Route, content: Content) -> None:
+        """The bytes are right, but the consumer owns the file and may have chmod-ed it (or an
+        operator changed CREDSYNC_MODE): publish the same bytes again with the right ones. A
+        fresh copy, not fchmod, which on another owner's file would need CAP_FOWNER."""
+        info = stat_destination(route.destination)
+        if info is None or (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (route.uid, route.gid, route.mode):
+            return
+        write_atomically(route.destination, content.data, uid=route.uid, gid=route.gid, mode=route.mode)
+        was = f"{info.st_uid}:{info.st_gid} {stat.S_IMODE(info.st_mode):04o}"
+        now = f"{route.uid}:{route.gid} {route.mode:04o}"
+        logger.bind(route=route.upload, was=was, now=now).info("repaired owner and mode")
+
     def _publish(self, route: Route, content: Content, current: bytes | None) -> None:
         write_atomically(route.destination, content.data, uid=route.uid, gid=route.gid, mode=route.mode)
         self.ledger.record(route.upload, Entry(content.sha256, len(content.data), str(route.destination), now_ms()))
@@ -275,13 +294,14 @@ class Pipeline:
             fields["published_sha"] = short_hash(content.sha256)
         if size is not None:
             fields["bytes"] = size
-        if outcome in (Outcome.PUBLISHED, Outcome.REPAIRED):
+        if outcome in CHANGES:
             fields["dest"] = str(route.destination)
         if reason:
             fields["reason"] = reason
         if self.dry_run:
             fields["dry_run"] = True
-        logger.bind(**fields).log("DEBUG" if repeated else level, outcome.value)
+        said = f"would be {outcome.value}" if self.dry_run and outcome in CHANGES else outcome.value
+        logger.bind(**fields).log("DEBUG" if repeated else level, said)
         if outcome in RECEIPTED:
             self._receipt(route, outcome, sha256, content, reason, code or ("publish-failed" if reason else ""))
         return Result(route.upload, outcome, sha256 if content is None else content.sha256, reason)
@@ -317,10 +337,34 @@ class Pipeline:
             return None
         return self.source.owner, self.source.group
 
+    def look_for_near_misses(self) -> None:
+        """At a rescan: names in the source and its upload folders that no route takes but one
+        probably should (said once each, with the name it probably meant)."""
+        try:
+            source_fd = self.source.open()
+        except SourceUnavailable:
+            return
+        try:
+            for folder in ("", *sorted(self.routes.upload_folders())):
+                with contextlib.suppress(OSError):
+                    folder_fd = open_subfolders(source_fd, PurePosixPath(folder))
+                    try:
+                        names = os.listdir(folder_fd)
+                    finally:
+                        os.close(folder_fd)
+                    for name in names:
+                        self._note_ignored(f"{folder}/{name}" if folder else name)
+        finally:
+            os.close(source_fd)
+
     def _note_ignored(self, name: str) -> None:
-        if is_rsync_temp(name) or name in self._ignored:
+        if is_rsync_temp(name) or name in self._ignored or self.routes.match(name) is not None:
             return
         if len(self._ignored) >= IGNORED_MEMORY:
             self._ignored.clear()
         self._ignored.add(name)
-        logger.bind(upload=printable(name)).debug("ignored: no route for this name")
+        hint = near_miss(name, (route.upload for route in self.routes))
+        if hint is None:
+            logger.bind(upload=printable(name)).debug("ignored: no route for this name")
+        else:  # someone meant this to be published: say so where they will look
+            logger.bind(upload=printable(name), hint=hint).info("ignored: no route for this name")

@@ -76,7 +76,8 @@ def describe_os_error(error: OSError) -> str:
         errno.ENOSPC: "no space left on the device; free some and credsync retries",
         errno.EDQUOT: "disk quota exceeded; free some and credsync retries",
         errno.EROFS: "the file system is read-only; mount the destination read-write",
-        errno.EPERM: "not permitted; credsync needs CAP_CHOWN to set the owner",
+        errno.EPERM: "not permitted to set the owner: run credsync as root (it needs CAP_CHOWN), or set the"
+        " route's owner (CREDSYNC_OWNER, CREDSYNC_AWS_OWNER) to your own UID:GID",
         errno.EACCES: "permission denied; the destination folder must be writable by credsync",
         errno.EISDIR: "a folder stands where the file should be; remove it",
         errno.ENOENT: "the folder does not exist; create it or mount the volume there",

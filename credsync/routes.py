@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from credsync.errors import ConfigError
-from credsync.settings import Mode, Owner, Settings, absolute_path, describe_validation_error, is_within
+from credsync.settings import Mode, Owner, Settings, absolute_path, is_within
 
 Kind = Literal["claude-oauth", "claude-setup-token", "json", "aws-credentials", "aws-config"]
 KINDS: tuple[Kind, ...] = ("claude-oauth", "claude-setup-token", "json", "aws-credentials", "aws-config")
@@ -60,6 +60,20 @@ class RouteTable:
     def sharing_destination(self, route: Route) -> list[Route]:
         """The other routes that publish to the same file (a login or a setup-token, say)."""
         return [other for other in self if other.destination == route.destination and other is not route]
+
+
+def near_miss(name: str, uploads: Iterable[str]) -> str | None:
+    """What an ignored name was probably meant to be: the same file name without its dot or in
+    another case or folder (`credentials.json`, `sub/.credentials.json`), or Claude's own
+    folder uploaded whole."""
+    base = PurePosixPath(name).name
+    if base.lstrip(".").lower() == "claude":
+        return f"upload the files inside {base}/ into the upload folder itself"
+    folded = base.lstrip(".").lower()
+    for upload in uploads:
+        if upload != name and PurePosixPath(upload).name.lstrip(".").lower() == folded:
+            return f"did you mean {upload}?"
+    return None
 
 
 def is_rsync_temp(upload: str) -> bool:
@@ -123,7 +137,23 @@ def load_routes(settings: Settings) -> RouteTable:
     if settings.routes is not None:
         for route in parse_routes_file(settings.routes, settings):
             routes[route.upload] = route
+    check_shared_destinations(list(routes.values()))
     return RouteTable(list(routes.values()))
+
+
+# Two uploads may become one file only as a login and a setup-token: the newer one wins.
+SHAREABLE = {"claude-oauth", "claude-setup-token"}
+
+
+def check_shared_destinations(routes: list[Route]) -> None:
+    by_destination: dict[Path, list[Route]] = {}
+    for route in routes:
+        by_destination.setdefault(route.destination, []).append(route)
+    for destination, sharing in by_destination.items():
+        kinds = [route.kind for route in sharing]
+        if len(sharing) > 1 and not (len(sharing) == 2 and set(kinds) == SHAREABLE):
+            uploads = ", ".join(route.upload for route in sharing)
+            raise ConfigError(f"routes {uploads} all publish to {destination}; give each its own destination")
 
 
 def parse_routes_file(path: Path, settings: Settings) -> list[Route]:
@@ -135,11 +165,31 @@ def parse_routes_file(path: Path, settings: Settings) -> list[Route]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"routes file {path} is not valid TOML: {error}") from None
     except ValidationError as error:
-        raise ConfigError(f"routes file {path}: {describe_validation_error(error)}") from None
+        raise ConfigError(f"routes file {path}: {describe_routes_error(error)}") from None
     return [route_from_spec(spec, settings) for spec in specs]
 
 
+def describe_routes_error(error: ValidationError) -> str:
+    """In the file's own terms: `route 2: kind: …`, never the settings' variable names."""
+    problems = []
+    for item in error.errors(include_input=False, include_url=False):
+        location = [str(part) for part in item["loc"]]
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden" and len(location) == 1:
+            hint = " (routes are [[route]] tables)" if location[0] in ("routes", "Route") else ""
+            problems.append(f"unknown key {location[0]!r}{hint}")
+        elif location[:1] == ["route"] and len(location) >= 3 and location[1].isdigit():
+            problems.append(f"route {int(location[1]) + 1}: {'.'.join(location[2:])}: {message}")
+        else:
+            problems.append(f"{'.'.join(location)}: {message}" if location else message)
+    return "; ".join(problems)
+
+
 def route_from_spec(spec: RouteSpec, settings: Settings) -> Route:
+    if not spec.destination.startswith(("/", "{claude_dir}", "{aws_dir}")):
+        raise ConfigError(
+            f"route {spec.upload!r}: destination must be absolute or start with {{claude_dir}} or {{aws_dir}}"
+        )
     if "{aws_dir}" in spec.destination and settings.aws_dir is None:
         raise ConfigError(f"route {spec.upload!r} uses {{aws_dir}} but CREDSYNC_AWS_DIR is not set")
     try:

@@ -14,19 +14,20 @@ from credsync.errors import ConfigError
 
 
 def parse_owner(value: object) -> tuple[int, int]:
-    """`UID:GID` or `UID` (then GID = UID); numeric only, names mean nothing inside a container."""
+    """`UID:GID`, both numeric: names mean nothing inside a container, and a group left out is
+    a guess (the consumer's group is not always its UID)."""
     if isinstance(value, tuple):
         return value
     text = str(value).strip()
-    uid_text, _, gid_text = text.partition(":")
-    gid_text = gid_text or uid_text
-    if not (uid_text.isdigit() and gid_text.isdigit()):
+    uid_text, colon, gid_text = text.partition(":")
+    if not (colon and uid_text.isdigit() and gid_text.isdigit()):
         raise ValueError(f"must be numeric UID:GID such as 1001:1001, got {text!r}")
     return int(uid_text), int(gid_text)
 
 
 def parse_mode(value: object) -> int:
-    """An octal permission string such as `0600`; no setuid, setgid or sticky bits."""
+    """An octal permission string such as `0600` or `0640`: credentials are read by their owner
+    (and perhaps its group), never by others and never executed."""
     if isinstance(value, int):
         mode = value
     else:
@@ -37,6 +38,8 @@ def parse_mode(value: object) -> int:
             raise ValueError(f"must be an octal mode such as 0600, got {text!r}") from None
     if not 0 <= mode <= 0o777:
         raise ValueError(f"must be a permission mode between 0000 and 0777, got {mode:o}")
+    if mode & 0o007 or mode & 0o111:
+        raise ValueError(f"{mode:04o} lets others read or anyone execute a credential; use 0600 (or 0640)")
     return mode
 
 

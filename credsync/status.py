@@ -139,6 +139,12 @@ def describe_upload(upload: dict[str, Any]) -> str:
     return f"present, sha {upload['sha256_prefix']}, {upload['bytes']} bytes"
 
 
+def expiry(at_ms: int | None, now: int) -> str:
+    if at_ms is None:
+        return "expiry unknown"
+    return f"{'expired' if at_ms <= now else 'expires'} {relative(at_ms, now)}"
+
+
 def describe_held(held: dict[str, Any], now: int) -> list[str]:
     if not held["present"]:
         return [f"  destination  absent{': ' + held['problem'] if held.get('problem') else ''}"]
@@ -146,9 +152,9 @@ def describe_held(held: dict[str, Any], now: int) -> list[str]:
     lines = [f"  destination  {held['owner']} {held['mode']} {mark}, sha {held.get('sha256_prefix', '?')}"]
     if "access_expires_ms" in held:
         access, refresh = held["access_expires_ms"], held["refresh_expires_ms"]
-        parts = [f"access token {'expires ' + relative(access, now) if access else 'expiry unknown'}"]
+        parts = [f"access token {expiry(access, now)}"]
         if refresh is not None:
-            parts.append(f"refresh token expires {relative(refresh, now)}")
+            parts.append(f"refresh token {expiry(refresh, now)}")
         lines.append(f"  credential   {held['credential']}")
         lines.append(f"  expiry       {', '.join(parts)}")
         lines.extend(f"  ✗ {problem}" for problem in held["problems"])

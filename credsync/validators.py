@@ -125,6 +125,18 @@ def validate(
     return CredentialSummary(kind, sections=tuple(parser.sections()))
 
 
+def kind_from_content(data: bytes) -> Kind | None:
+    """For `credsync validate` on a file whose name says nothing: what it looks like."""
+    text = data.decode("utf-8", errors="replace").lstrip()
+    if text.startswith("sk-ant-"):
+        return "claude-setup-token"
+    if text.startswith("{"):
+        return "claude-oauth" if '"claudeAiOauth"' in text else "json"
+    if text.startswith(("[", "#", ";")):
+        return "aws-credentials" if "aws_access_key_id" in text else "aws-config"
+    return None
+
+
 def is_sound(kind: Kind, data: bytes, *, max_bytes: int) -> bool:
     """Does a destination still parse? A consumer may rewrite it (Claude refreshes tokens),
     so this checks syntax only; a rewritten but well-formed file is the consumer's to keep."""
@@ -143,7 +155,9 @@ def decode_text(data: bytes, max_bytes: int) -> str:
     if not data.strip():
         raise Rejection("file is empty", code="empty")
     if len(data) > max_bytes:
-        raise Rejection(f"file is {len(data)} bytes, over the limit of {max_bytes}", code="too-large")
+        raise Rejection(
+            f"file is {len(data)} bytes, over the limit of {max_bytes} (CREDSYNC_MAX_BYTES)", code="too-large"
+        )
     if b"\x00" in data:
         raise Rejection("file contains NUL bytes", code="nul-bytes")
     if data.startswith(b"\xef\xbb\xbf"):
@@ -307,7 +321,10 @@ class LinearConfigParser(configparser.ConfigParser):
 def parse_ini(text: str) -> configparser.ConfigParser:
     if not text.endswith("\n"):
         # Tools write INI files line by line; a last line without its newline was cut short.
-        raise Rejection("INI file does not end with a newline: it looks cut short; upload it again", code="truncated")
+        raise Rejection(
+            "INI file does not end with a newline: it looks cut short; if it is whole, add a final newline",
+            code="truncated",
+        )
     text_lines = text.split("\n")
     if len(text_lines) > MAX_INI_LINES:
         raise Rejection(f"INI file has more than {MAX_INI_LINES} lines; AWS files are far smaller", code="long-file")

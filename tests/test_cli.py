@@ -48,6 +48,7 @@ def test_dry_run_writes_nothing(folders: Folders) -> None:
     folders.upload(".credentials.json", claude_credentials())
     result = run_cli("sync", "--dry-run", *folders.args())
     assert result.returncode == 0 and "dry_run=True" in result.stderr
+    assert "would be published route=.credentials.json" in result.stderr and "INFO    published" not in result.stderr
     assert os.listdir(folders.claude_dir) == [] and not folders.state_dir.exists()
 
 
@@ -85,11 +86,17 @@ def test_validate_reports_each_file(tmp_path: Path) -> None:
     assert run_cli("validate", str(good)).returncode == 0
 
 
-def test_validate_needs_a_kind_for_unknown_names(tmp_path: Path) -> None:
+def test_validate_tells_the_kind_from_the_content_when_the_name_does_not(tmp_path: Path) -> None:
     other = tmp_path / "creds.json"
     other.write_bytes(claude_credentials())
-    assert run_cli("validate", str(other)).returncode == 2
+    assumed = run_cli("validate", str(other))
+    assert assumed.returncode == 0
+    assert assumed.stdout.startswith(f"{other}: valid claude-oauth (kind assumed from the content; pass --kind")
     assert run_cli("validate", "--kind=claude-oauth", str(other)).returncode == 0
+    unknown = tmp_path / "notes.txt"
+    unknown.write_bytes(b"hello\n")
+    said = run_cli("validate", str(unknown))
+    assert said.returncode == 2 and "cannot tell the kind from the name or the content" in said.stdout
 
 
 def test_hostile_file_names_are_printed_safely(tmp_path: Path) -> None:

@@ -277,7 +277,7 @@ def test_the_dokploy_compose_publishes_an_scp_upload_that_a_claude_hub_job_reads
         assert app.client.networks.get(network).attrs["Internal"], f"the sidecar is on {network}, which leads out"
     mounts = {mount["Destination"]: mount for mount in sidecar.attrs["Mounts"]}
     assert mounts["/uploads"]["RW"] is False
-    assert "✓ publishing only: no notify target and no Docker socket, so no consumer checks" in app.exec(
+    assert "✓ publishing only: no notify target and no usable Docker socket, so no consumer checks" in app.exec(
         "credsync", "credsync", "doctor"
     )
 

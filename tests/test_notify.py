@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
@@ -144,6 +145,26 @@ def test_exec_mode_runs_the_command_inside_the_target(folders: Folders, consumer
         assert "exited 1" in line["reason"]
     finally:
         failed.stop()
+
+
+def test_an_exec_command_that_hangs_is_given_up_on_at_credsyncs_own_deadline(
+    folders: Folders, consumers: ConsumerFactory
+) -> None:
+    """No `timeout` program is run inside the consumer: credsync keeps the time limit itself."""
+    consumer = consumers("sleep 100000")
+    hang = "sh -c 'echo STARTED >> /sig/signals; sleep 30'"
+    process = watching(
+        folders, "--notify=exec", f"--notify-target={consumer.name}", f"--notify-exec={hang}", "--notify-timeout-s=1"
+    )
+    try:
+        started = time.monotonic()
+        folders.upload(".credentials.json", claude_credentials(serial=6))
+        line = process.wait_for("notification failed", timeout=20)
+        assert "still running after 1s (CREDSYNC_NOTIFY_TIMEOUT_S)" in line["reason"]
+        assert time.monotonic() - started < 10 and consumer.signals() == ["STARTED"]
+        assert process.process.poll() is None
+    finally:
+        process.stop()
 
 
 class Recorder(BaseHTTPRequestHandler):

@@ -90,7 +90,7 @@ def test_doctor_reports_an_unwritable_target_and_a_missing_docker_socket(folders
 def test_doctor_without_a_notify_target_or_a_socket_skips_the_consumer_checks(folders: Folders) -> None:
     code, lines = doctor(folders, f"--claude-dir={folders.claude_dir}", "--docker-host=unix:///nonexistent/docker.sock")
     assert code == 0, lines
-    assert "✓ publishing only: no notify target and no Docker socket, so no consumer checks" in lines
+    assert "✓ publishing only: no notify target and no usable Docker socket, so no consumer checks" in lines
 
 
 def status_json(folders: Folders) -> dict[str, object]:

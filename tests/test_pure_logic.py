@@ -20,7 +20,7 @@ def settings(**overrides: object) -> Settings:
 
 
 def test_owner_and_mode_strings_are_parsed() -> None:
-    parsed = settings(owner="1000", mode="0640", aws_owner="0:5")
+    parsed = settings(owner="1000:1000", mode="0640", aws_owner="0:5")
     assert parsed.owner == (1000, 1000) and parsed.aws_owner == (0, 5) and parsed.mode == 0o640
 
 
@@ -30,6 +30,10 @@ def test_owner_and_mode_strings_are_parsed() -> None:
         ({"owner": "claudeuser"}, "CREDSYNC_OWNER (--owner): must be numeric UID:GID"),
         ({"mode": "0999"}, "CREDSYNC_MODE (--mode): must be an octal mode"),
         ({"mode": "4755"}, "between 0000 and 0777"),
+        ({"mode": "0777"}, "CREDSYNC_MODE (--mode): 0777 lets others read or anyone execute a credential; use 0600"),
+        ({"mode": "0604"}, "lets others read"),
+        ({"mode": "0700"}, "anyone execute"),
+        ({"owner": "1001"}, "CREDSYNC_OWNER (--owner): must be numeric UID:GID such as 1001:1001, got '1001'"),
         ({"settle_ms": "-1"}, "CREDSYNC_SETTLE_MS"),
         ({"log_format": "xml"}, "CREDSYNC_LOG_FORMAT"),
         ({"state_dir": "/srv/claude/state"}, "state_dir"),
@@ -46,7 +50,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("CREDSYNC_SETTLE_MS", "0")
     monkeypatch.setenv("CREDSYNC_AWS_DIR", "/srv/aws")
     monkeypatch.setenv("CREDSYNC_OWNER", "1000:1000")
-    monkeypatch.setenv("CREDSYNC_AWS_OWNER", "0")
+    monkeypatch.setenv("CREDSYNC_AWS_OWNER", "0:0")
     monkeypatch.setenv("CREDSYNC_MODE", "0640")
     monkeypatch.setenv("CREDSYNC_NOTIFY_SIGNAL", "USR1")
     parsed = settings()
@@ -104,8 +108,9 @@ def test_routes_file_adds_and_replaces(tmp_path: Path) -> None:
         ('upload = "../x"\ndestination = "/srv/x"\nkind = "json"', "stay inside"),
         ('upload = "x"\ndestination = "/srv/up/x"\nkind = "json"', "inside /srv/up"),
         ('upload = "x"\ndestination = "{aws_dir}/x"\nkind = "json"', "CREDSYNC_AWS_DIR is not set"),
-        ('upload = "x"\ndestination = "/srv/x"\nkind = "yaml"', "kind"),
-        ('upload = "x"\ndestination = "{home}/x"\nkind = "json"', "may only use"),
+        ('upload = "x"\ndestination = "/srv/x"\nkind = "yaml"', "route 1: kind: Input should be 'claude-oauth'"),
+        ('upload = "x"\ndestination = "{claude_dir}/{home}/x"\nkind = "json"', "may only use"),
+        ('upload = "x"\ndestination = "x/y.json"\nkind = "json"', "must be absolute or start with {claude_dir}"),
     ],
 )
 def test_bad_routes_files_are_config_errors(tmp_path: Path, route: str, message: str) -> None:
@@ -114,6 +119,30 @@ def test_bad_routes_files_are_config_errors(tmp_path: Path, route: str, message:
     with pytest.raises(ConfigError, match=r"routes?") as caught:
         load_routes(settings(routes=routes_file))
     assert message in caught.value.reason
+
+
+def test_two_routes_may_share_a_destination_only_as_a_login_and_a_setup_token(tmp_path: Path) -> None:
+    routes_file = tmp_path / "routes.toml"
+    routes_file.write_text(
+        '[[route]]\nupload = "other.json"\ndestination = "{claude_dir}/settings.json"\nkind = "json"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_routes(settings(routes=routes_file))
+    assert caught.value.reason == (
+        "routes settings.json, other.json all publish to /srv/claude/settings.json; give each its own destination"
+    )
+    table = load_routes(settings())
+    login = table.match(".credentials.json")
+    assert login is not None and [route.upload for route in table.sharing_destination(login)] == ["claude-setup-token"]
+
+
+def test_a_routes_file_with_routes_instead_of_route_says_so(tmp_path: Path) -> None:
+    routes_file = tmp_path / "routes.toml"
+    routes_file.write_text('[[routes]]\nupload = "x"\ndestination = "/srv/x"\nkind = "json"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_routes(settings(routes=routes_file))
+    assert caught.value.reason.endswith("unknown key 'routes' (routes are [[route]] tables)")
+    assert "CREDSYNC_" not in caught.value.reason
 
 
 def test_rsync_temp_names_are_recognised() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -41,13 +42,41 @@ def send_signal(container: Container, signal_name: str) -> None:
 
 
 def run_exec(container: Container, command: str, timeout_s: float) -> None:
-    # `timeout` bounds a command that hangs; exec_run has no timeout of its own.
-    argv = ["timeout", f"{timeout_s:g}", *shlex.split(command)]
-    exit_code, output = container.exec_run(argv, stdout=True, stderr=True)
+    """Run the command inside the target; its time limit is kept here, not by a `timeout`
+    program the consumer's image may lack (busybox without it, distroless)."""
+    api = container.client.api if container.client is not None else None
+    if api is None:
+        raise DeliveryFailed("no Docker client to run the exec command")
+    exec_id = api.exec_create(container.id, shlex.split(command), stdout=True, stderr=True)["Id"]
+    output = ExecOutput(api, exec_id)
+    if not output.finished.wait(timeout_s):
+        raise DeliveryFailed(f"exec command still running after {timeout_s:g}s (CREDSYNC_NOTIFY_TIMEOUT_S)")
+    if output.error is not None:
+        raise output.error
+    exit_code = api.exec_inspect(exec_id).get("ExitCode")
     if exit_code != 0:
         # The output is not logged: a consumer's command may print anything, secrets included.
-        shown = len(output) if isinstance(output, bytes) else 0
-        raise DeliveryFailed(f"exec command exited {exit_code} ({shown} bytes of output not shown)")
+        raise DeliveryFailed(f"exec command exited {exit_code} ({output.size} bytes of output not shown)")
+
+
+class ExecOutput:
+    """Drains an exec's output on a thread of its own, counting bytes and keeping none, so the
+    caller can stop waiting at its deadline."""
+
+    def __init__(self, api: docker.APIClient, exec_id: str) -> None:
+        self.size = 0
+        self.error: Exception | None = None
+        self.finished = threading.Event()
+        threading.Thread(target=self._drain, args=(api, exec_id), name="credsync-exec", daemon=True).start()
+
+    def _drain(self, api: docker.APIClient, exec_id: str) -> None:
+        try:
+            for chunk in api.exec_start(exec_id, stream=True):
+                self.size += len(chunk)
+        except Exception as error:  # reported by the caller, on its own thread
+            self.error = error
+        finally:
+            self.finished.set()
 
 
 def post_http(url: str, body: dict[str, Any], timeout_s: float) -> int:
