@@ -10,7 +10,7 @@ from loguru import logger
 
 from credsync.credential_health import claude_health
 from credsync.events import Events
-from credsync.hashes import HASH_PREFIX
+from credsync.hashes import short_hash
 from credsync.ledger import Ledger
 from credsync.publisher import read_current
 from credsync.routes import Route
@@ -37,7 +37,7 @@ class ConsumerView:
             now_ms(), self.settings.expiry_warn_hours * 3_600_000, self.settings.consumer_refreshes
         )
         self.events.needs_login(route.upload, bool(problems))
-        sha = hashlib.sha256(data).hexdigest()[:HASH_PREFIX]
+        sha = short_hash(hashlib.sha256(data).hexdigest())
         for problem in problems:
             key = (route.upload, sha, problem.code)
             if key not in self._said:
@@ -61,7 +61,7 @@ class ConsumerView:
             return  # credsync's own publication, or a change already recorded
         self.ledger.record_consumer_change(route.upload, sha, now_ms())
         self.events.consumer_rewrite(route.upload)
-        logger.bind(route=route.upload, sha=sha[:HASH_PREFIX]).info(
+        logger.bind(route=route.upload, sha=short_hash(sha)).info(
             "consumer rewrote the published file; credsync keeps its version until the next upload"
         )
         self.assess(route, data)

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from credsync.errors import ConfigError
-from credsync.settings import Mode, Owner, Settings, absolute_path, is_within
+from credsync.settings import Mode, Owner, Settings, absolute_path
 
 Kind = Literal["claude-oauth", "claude-setup-token", "json", "aws-credentials", "aws-config"]
 KINDS: tuple[Kind, ...] = ("claude-oauth", "claude-setup-token", "json", "aws-credentials", "aws-config")
@@ -217,11 +217,11 @@ def check_destination(spec: RouteSpec, destination: Path, settings: Settings) ->
         if (
             base is not None
             and placeholder in spec.destination
-            and not (destination != base and is_within(destination, base))
+            and not (destination != base and destination.is_relative_to(base))
         ):
             raise ConfigError(f"route {spec.upload!r}: destination {destination} must lie inside {placeholder}")
     for folder in (settings.source, settings.state_dir):
-        if is_within(destination, folder):
+        if destination.is_relative_to(folder):
             raise ConfigError(f"route {spec.upload!r}: destination {destination} is inside {folder}")
 
 

@@ -192,17 +192,13 @@ class Settings(BaseSettings):
         if self.aws_dir is not None:
             targets["aws_dir"] = self.aws_dir
         for name, path in targets.items():
-            if is_within(path, self.source) or is_within(self.source, path):
+            if path.is_relative_to(self.source) or self.source.is_relative_to(path):
                 raise ValueError(f"{name} ({path}) and source ({self.source}) must not contain each other")
         for name in ("claude_dir", "aws_dir"):
             target = targets.get(name)
-            if target is not None and (is_within(self.state_dir, target) or is_within(target, self.state_dir)):
+            if target is not None and (self.state_dir.is_relative_to(target) or target.is_relative_to(self.state_dir)):
                 raise ValueError(f"state_dir ({self.state_dir}) must not be inside or contain {name} ({target})")
         return self
-
-
-def is_within(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
 
 
 def load_settings(overrides: dict[str, object]) -> Settings:

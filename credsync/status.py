@@ -10,7 +10,7 @@ from typing import Any
 
 from credsync.credential_health import claude_health
 from credsync.errors import CredsyncError, PublishError, Rejection, SourceUnavailable, UploadMissing
-from credsync.hashes import HASH_PREFIX
+from credsync.hashes import short_hash
 from credsync.intake import SourceFolder
 from credsync.ledger import Ledger
 from credsync.notify_record import read_notification
@@ -40,10 +40,10 @@ def route_status(settings: Settings, source: SourceFolder, route: Route, ledger:
         "upload": upload_status(settings, source, route),
         "published": None
         if entry is None
-        else {"at_ms": entry.published_at_ms, "sha256_prefix": entry.sha256[:HASH_PREFIX], "bytes": entry.size},
+        else {"at_ms": entry.published_at_ms, "sha256_prefix": short_hash(entry.sha256), "bytes": entry.size},
         "consumer_change": None
         if entry is None or entry.consumer_seen_at_ms is None
-        else {"at_ms": entry.consumer_seen_at_ms, "sha256_prefix": (entry.consumer_sha256 or "")[:HASH_PREFIX]},
+        else {"at_ms": entry.consumer_seen_at_ms, "sha256_prefix": short_hash(entry.consumer_sha256 or "")},
         "held": destination_status(settings, route, now),
     }
 
@@ -57,7 +57,7 @@ def upload_status(settings: Settings, source: SourceFolder, route: Route) -> dic
         return {"present": False, "problem": error.reason}
     except CredsyncError as error:
         return {"present": True, "problem": error.reason}
-    found: dict[str, Any] = {"present": True, "sha256_prefix": upload.sha256[:HASH_PREFIX], "bytes": len(upload.data)}
+    found: dict[str, Any] = {"present": True, "sha256_prefix": short_hash(upload.sha256), "bytes": len(upload.data)}
     try:
         validate(
             route.kind,
@@ -89,7 +89,7 @@ def destination_status(settings: Settings, route: Route, now: int) -> dict[str, 
     }
     if data is None:
         return held
-    held["sha256_prefix"] = hashlib.sha256(data).hexdigest()[:HASH_PREFIX]
+    held["sha256_prefix"] = short_hash(hashlib.sha256(data).hexdigest())
     health = claude_health(data) if route.kind == "claude-oauth" else None
     if health is not None:
         held["access_expires_ms"] = health.access_expires_ms

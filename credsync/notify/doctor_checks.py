@@ -123,15 +123,11 @@ def volumes_behind(client: docker.DockerClient, folder: Path, own: Container | N
         return {
             str(mount["Name"]): str(mount["Source"])
             for mount in own.attrs.get("Mounts", [])
-            if mount.get("Type") == "volume" and is_within(folder, Path(mount["Destination"]))
+            if mount.get("Type") == "volume" and folder.is_relative_to(Path(mount["Destination"]))
         }
     found = {}
     for volume in client.volumes.list():  # host mode: the folder is inside a volume's mountpoint
         mountpoint = Path(str(volume.attrs.get("Mountpoint", "")))
-        if is_within(folder, mountpoint):
+        if folder.is_relative_to(mountpoint):
             found[str(volume.name)] = str(mountpoint)
     return found
-
-
-def is_within(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents

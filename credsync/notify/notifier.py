@@ -18,7 +18,7 @@ from loguru import logger
 
 from credsync.errors import ConfigError, printable
 from credsync.events import Events
-from credsync.hashes import HASH_PREFIX
+from credsync.hashes import short_hash
 from credsync.notify.delivery import DeliveryFailed, Snapshot, post_http, run_exec, send_signal, verify_survived
 from credsync.notify.pending import Pending
 from credsync.notify.proc_readers import reader_for
@@ -182,9 +182,7 @@ class Notifier:
 
     def _notify_http(self, client: docker.DockerClient, targets: list[Container], batch: Mapping[str, str]) -> Delivery:
         url = str(self.settings.notify_url)
-        body = {
-            "routes": [{"route": route, "sha256_prefix": sha[:HASH_PREFIX]} for route, sha in sorted(batch.items())]
-        }
+        body = {"routes": [{"route": route, "sha256_prefix": short_hash(sha)} for route, sha in sorted(batch.items())]}
         snapshots = [Snapshot.of(container) for container in targets]
         fields = {"notify": "http", "url": redact_url(url)}
         return self._deliver_checked(
@@ -233,7 +231,7 @@ class Notifier:
 
 
 def describe_batch(batch: Mapping[str, str]) -> str:
-    return ",".join(f"{printable(route)}@{sha[:HASH_PREFIX]}" for route, sha in sorted(batch.items()))
+    return ",".join(f"{printable(route)}@{short_hash(sha)}" for route, sha in sorted(batch.items()))
 
 
 def redact_url(url: str) -> str:
