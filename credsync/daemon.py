@@ -203,6 +203,15 @@ class Daemon:
             self._watch_problem = None
         return True
 
+    def _take_closed_mark(self, name: str) -> bool:
+        """One atomic step: a test then a discard would lose a close the watcher thread adds
+        in between (the upload then waited for the periodic rescan to be called rejected)."""
+        try:
+            self._closed.remove(name)
+        except KeyError:
+            return False
+        return True
+
     def reconcile(self, reason: str) -> None:
         logger.bind(reason=printable(reason)).debug("reconcile")
         for route in self.pipeline.routes:
@@ -212,8 +221,7 @@ class Daemon:
     def handle(self, name: str, *, complete: bool = False) -> None:
         if self._stop_requested:
             return
-        complete = complete or name in self._closed
-        self._closed.discard(name)
+        complete = self._take_closed_mark(name) or complete
         try:
             result = self.pipeline.process(name, complete=complete)
         except Exception as error:  # one upload's surprise (EMFILE, a bug) must not end the daemon
