@@ -137,7 +137,7 @@ class Daemon:
         self._watching = self.watcher.healthy()
         self.liveness.ready(watching=self._watching)
         logger.bind(watching=self._watching).info("ready")
-        next_reconcile = time.monotonic() + self._rescan_interval()
+        next_reconcile = time.monotonic() + self._rescan_interval(self._watching)
         next_beat = time.monotonic() + self.liveness.interval_s
         while not self._stop_requested:
             dues = [
@@ -152,21 +152,24 @@ class Daemon:
             if self.wakeup.mounts_changed:  # a bind mount may have replaced the source: look again
                 self.wakeup.mounts_changed = False
                 self._rescan_reason = self._rescan_reason or "the mount table changed"
-            if self._watching and not self.watcher.healthy():
+            # Once per wake-up: each look walks the source path from / and its route folders.
+            healthy = self.watcher.healthy()
+            if self._watching and not healthy:
                 self._rescan_reason = self._rescan_reason or "the source folder is no longer watched"
             reason = self._rescan_reason or ("periodic" if time.monotonic() >= next_reconcile else None)
             if reason is not None:
                 self._rescan_reason = None
-                if self._ensure_watching():
+                healthy = self._ensure_watching()
+                if healthy:
                     self.reconcile(reason)
-                next_reconcile = time.monotonic() + self._rescan_interval()
+                next_reconcile = time.monotonic() + self._rescan_interval(healthy)
             for name in self.schedule.take_due():
                 self.handle(name)
             for name in self.consumer_checks.take_due():
                 self._check_consumer_side(name)
             self.pipeline.ledger.flush()
-            if time.monotonic() >= next_beat or self.watcher.healthy() != self._watching:
-                self._watching = self.watcher.healthy()
+            if time.monotonic() >= next_beat or healthy != self._watching:
+                self._watching = healthy
                 self.liveness.beat(watching=self._watching)
                 next_beat = time.monotonic() + self.liveness.interval_s
 
@@ -179,8 +182,8 @@ class Daemon:
         except Exception as error:  # the consumer wrote it: whatever it is, the daemon goes on
             logger.bind(route=name).error(f"cannot assess the consumer's version: {type(error).__name__}")
 
-    def _rescan_interval(self) -> float:
-        return self.settings.reconcile_s if self.watcher.healthy() else WATCH_RETRY_S
+    def _rescan_interval(self, watching: bool) -> float:
+        return self.settings.reconcile_s if watching else WATCH_RETRY_S
 
     def _ensure_watching(self) -> bool:
         """(Re)start the watcher when it died or the source folder was replaced."""
