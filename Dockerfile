@@ -15,7 +15,9 @@ COPY credsync /src/credsync
 RUN python3 -m venv /opt/credsync \
  && /opt/credsync/bin/pip install --no-cache-dir --disable-pip-version-check --no-compile \
       ${WHEELS_URL:+--no-index --find-links "$WHEELS_URL"} /src \
- && /opt/credsync/bin/python -m compileall -q /opt/credsync/lib
+ && /opt/credsync/bin/python -m compileall -q /opt/credsync/lib \
+ && ln -s "$(/opt/credsync/bin/python -c 'import credsync.health_probe as m; print(m.__file__)')" \
+      /opt/credsync/health_probe.py
 
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
@@ -37,7 +39,10 @@ ENV PATH=/opt/credsync/bin:/usr/local/bin:/usr/bin:/bin \
 # read-only root file system, with no Docker socket: see docker-compose.dokploy.yml and
 # docs/security.md. The opt-in notification layer adds the socket.
 USER 0:0
-# Every 60 s: one check costs about 0.25 s of CPU (Python start-up and imports).
-HEALTHCHECK --interval=60s --timeout=10s --start-period=20s --retries=3 CMD ["credsync", "health"]
+# A bare interpreter (-I -S: no site, no imports beyond json) reading the health file: about
+# 15 ms of CPU per check, so every 30 s costs under 0.1 % of a core. `credsync health` says the
+# same for an operator, at the cost of the whole CLI's imports.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 \
+  CMD ["/opt/credsync/bin/python", "-I", "-S", "/opt/credsync/health_probe.py"]
 ENTRYPOINT ["credsync"]
 CMD ["watch"]

@@ -67,6 +67,8 @@ class Daemon:
         self.pipeline = pipeline
         self.notifier = notifier
         self.liveness = liveness
+        if notifier is not None:
+            pipeline.on_published = notifier.changed
         self.settings = pipeline.settings
         self.schedule = Schedule(self.settings.settle_ms / 1000)
         self.wakeup = Wakeup()
@@ -245,5 +247,3 @@ class Daemon:
             self.schedule.succeeded(name)
         if result.changed_destination:
             self.liveness.status(f"{result.outcome.value} {result.name} {short_hash(result.sha256)}")
-            if self.notifier is not None:
-                self.notifier.changed(result.name, result.sha256)

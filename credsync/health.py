@@ -1,4 +1,4 @@
-"""Liveness for supervisors: a health file for Docker's HEALTHCHECK (`credsync health`) and
+"""Liveness for supervisors: a health file for Docker's HEALTHCHECK (read by health_probe.py) and
 sd_notify messages for systemd (READY=1, WATCHDOG=1, STATUS=, STOPPING=1)."""
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from credsync.errors import CredsyncError, PublishError, one_line
+from credsync.errors import PublishError, one_line
 from credsync.events import Events
+from credsync.health_probe import HEALTH_FILE
 from credsync.publisher import keep_private_copy
 
-HEALTH_FILE = "health.json"
 HEARTBEAT_S = 30.0
-STALE_AFTER_BEATS = 3
 
 
 class SystemdEnvironment(BaseSettings):
@@ -100,31 +99,3 @@ class Liveness:
             self.systemd.close()
         with contextlib.suppress(OSError):
             self.health_path.unlink()
-
-
-def check_health(state_dir: Path) -> str:
-    """Healthy: the daemon that wrote the file is alive, did its first reconcile, its watcher
-    lives, and its heartbeat is recent. Returns a summary or raises CredsyncError with why not."""
-    path = state_dir / HEALTH_FILE
-    try:
-        record = HealthRecord(**json.loads(path.read_bytes()))
-    except FileNotFoundError:
-        raise CredsyncError(
-            f"no {path}: credsync watch is not running or not ready yet (or it uses another --state-dir)"
-        ) from None
-    except (OSError, ValueError, TypeError) as error:
-        raise CredsyncError(f"unreadable {path}: {error}") from None
-    try:
-        os.kill(record.pid, 0)
-    except ProcessLookupError:
-        raise CredsyncError(f"credsync watch (pid {record.pid}) is not running") from None
-    except PermissionError:
-        pass  # alive, owned by someone else
-    age_s = time.time() - record.heartbeat_ms / 1000
-    if not record.ready:
-        raise CredsyncError("credsync watch has not finished its first reconcile")
-    if not record.watching:
-        raise CredsyncError("the watcher is down: the source folder cannot be watched")
-    if age_s > STALE_AFTER_BEATS * record.interval_s:
-        raise CredsyncError(f"no heartbeat for {age_s:.0f}s: the daemon is stuck")
-    return f"healthy: pid {record.pid}, watching, heartbeat {age_s:.0f}s ago"

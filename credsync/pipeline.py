@@ -118,6 +118,9 @@ class Pipeline:
         self.receipts = Receipts(settings.receipts_dir) if settings.receipts_dir and not dry_run else None
         self._last_logged: dict[str, tuple[Outcome, str]] = {}
         self._ignored: set[str] = set(routes.upload_folders())  # folders are not uploads: never logged
+        # Told (route, content hash) the moment a destination is in place, before the ledger,
+        # the previous-generation copy and the log line: the notifier's clock starts there.
+        self.on_published: Callable[[str, str], None] | None = None
 
     def process(self, name: str, *, complete: bool = True) -> Result:
         """`complete=False`: read before the writer closed it; an invalid file then is most likely
@@ -249,6 +252,8 @@ class Pipeline:
 
     def _publish(self, route: Route, content: Content, current: bytes | None) -> None:
         write_atomically(route.destination, content.data, uid=route.uid, gid=route.gid, mode=route.mode)
+        if self.on_published is not None:
+            self.on_published(route.upload, content.sha256)
         self.ledger.record(route.upload, Entry(content.sha256, len(content.data), str(route.destination), now_ms()))
         if current is not None:
             # After the destination, so publishing is not slowed by it; a crash in between costs

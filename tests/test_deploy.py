@@ -48,7 +48,14 @@ def test_the_image_builds_from_a_clean_clone_with_only_the_offline_build_argumen
     labels = config["Labels"]
     assert labels["org.opencontainers.image.version"] == __version__
     assert labels["org.opencontainers.image.licenses"] == "MIT" and "org.opencontainers.image.source" in labels
-    assert config["User"] == "0:0" and config["Healthcheck"]["Test"] == ["CMD", "credsync", "health"]
+    assert config["User"] == "0:0"
+    assert config["Healthcheck"]["Test"] == [
+        "CMD",
+        "/opt/credsync/bin/python",
+        "-I",
+        "-S",
+        "/opt/credsync/health_probe.py",
+    ]
     said = docker_client.containers.run(tag, ["--version"], remove=True, network_mode="none")
     assert said.decode().strip() == f"credsync {__version__}"
 
@@ -235,6 +242,8 @@ def upload(app: DokployApp, sshd: SshServer, local: Path, data: bytes, *, legacy
 
 def sidecar_ready(app: DokployApp) -> None:
     wait_until(lambda: " ready " in app.sidecar_log(), timeout=60)
+    healthcheck = app.container("credsync").attrs["Config"]["Healthcheck"]["Test"]
+    assert healthcheck[0] == "CMD" and app.exec("credsync", *healthcheck[1:]).startswith("healthy")
     assert app.exec("credsync", "credsync", "health").startswith("healthy")
 
 

@@ -3,17 +3,34 @@ real notify socket the test listens on."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
+from credsync import health_probe
 from tests.helpers import Folders, WatchProcess, claude_credentials, run_cli, wait_until
 
 
 def health(folders: Folders) -> tuple[int, str]:
+    """`credsync health`, checked against the image's HEALTHCHECK: the probe run as a bare file."""
     result = run_cli("health", f"--state-dir={folders.state_dir}", f"--source={folders.source}")
-    return result.returncode, result.stdout.strip()
+    probe = subprocess.run(
+        [sys.executable, "-I", "-S", health_probe.__file__, str(folders.state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    said = result.stdout.strip()
+    assert (probe.returncode, re.sub(r"\d+", "N", probe.stdout.strip())) == (
+        result.returncode,
+        re.sub(r"\d+", "N", said),
+    )
+    return result.returncode, said
 
 
 def test_health_follows_the_daemon(folders: Folders) -> None:

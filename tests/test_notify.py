@@ -9,10 +9,24 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
 
+import docker
 import pytest
 
+from credsync.notify.proc_readers import ExecProc
+from credsync.notify.procstatus import receiver_verdict
+from credsync.notify.target_cache import TargetCache
+from credsync.notify.targets import TargetSpec
 from tests.docker_env import ConsumerFactory, Engine
-from tests.helpers import CANARY, Folders, WatchProcess, assert_no_canary, claude_credentials, run_cli, sha12
+from tests.helpers import (
+    CANARY,
+    Folders,
+    WatchProcess,
+    assert_no_canary,
+    claude_credentials,
+    run_cli,
+    sha12,
+    wait_until,
+)
 
 FAST_NOTIFY = ["--settle-ms=50", "--debounce-ms=200", "--notify-grace-ms=300"]
 
@@ -41,6 +55,60 @@ def test_one_hup_per_batch_including_a_burst_of_20(folders: Folders, consumers: 
     assert len(process.matching("notified")) == 2
     assert consumer.signals() == ["HUP", "HUP"]
     assert consumer.state() == before
+
+
+def test_a_second_notification_does_not_wait_for_the_first_ones_survival_check(
+    folders: Folders, consumers: ConsumerFactory
+) -> None:
+    consumer = consumers()
+    before = consumer.state()
+    grace = ["--settle-ms=0", "--debounce-ms=0", "--notify-grace-ms=3000"]
+    process = WatchProcess(folders, [*grace, f"--notify-target={consumer.name}"]).ready()
+    try:
+        first, second = claude_credentials(serial=1), claude_credentials(serial=2)
+        folders.upload(".credentials.json", first)
+        wait_until(lambda: consumer.signals() == ["HUP"], timeout=10)
+        folders.upload(".credentials.json", second)
+        wait_until(lambda: consumer.signals() == ["HUP", "HUP"], timeout=10)
+        assert not process.matching("notified"), "the second signal waited for the first one's 3 s check"
+        process.wait_for("notified", routes=f".credentials.json@{sha12(first)}", timeout=10)
+        process.wait_for("notified", routes=f".credentials.json@{sha12(second)}", timeout=10)
+    finally:
+        process.stop()
+    assert consumer.state() == before
+
+
+# PID 1 catches HUP in its first life only: /tmp, in the container's own layer, outlives a restart.
+TRAP_FIRST_LIFE = (
+    'if [ ! -e /tmp/lived ]; then touch /tmp/lived; trap "echo HUP >> /sig/signals" HUP; fi; '
+    "while true; do sleep 1; done"
+)
+
+
+def test_a_kept_verdict_is_dropped_when_the_target_restarts_without_its_handler(
+    consumers: ConsumerFactory, docker_client: docker.DockerClient
+) -> None:
+    """The sidecar's path: the verdict read by `docker exec` is kept, and the Engine's events
+    drop it when the target restarts. (On the host /proc is read afresh every time.)"""
+    consumer = consumers(TRAP_FIRST_LIFE)
+    wait_until(lambda: receiver_verdict(ExecProc(consumer.container), "SIGHUP").catches)
+    subscribed = threading.Event()
+    spec = TargetSpec(container=consumer.name)
+    cache = TargetCache(
+        lambda: docker_client, spec, lambda _: None, "SIGHUP", subscribed.set, reader=ExecProc, startup_s=0
+    )
+    cache.start()
+    try:
+        wait_until(subscribed.is_set)
+        [kept] = cache.targets()
+        assert kept.verdict is not None and kept.verdict.catches
+        assert cache.targets() == [kept] and cache.warm  # known: no second look at the Engine
+        consumer.container.restart(timeout=1)
+        wait_until(lambda: [t.before.started_at for t in cache.targets()] not in ([], [kept.before.started_at]))
+        [fresh] = cache.targets()
+        assert fresh.verdict is None and not cache.verdict(fresh).catches
+    finally:
+        cache.stop()
 
 
 @pytest.mark.parametrize("init", [False, True], ids=["node-as-pid-1", "behind-init"])

@@ -1,16 +1,23 @@
-"""Pure notification logic: debounce and backoff, /proc status parsing, target syntax."""
+"""Pure notification logic: debounce and backoff, /proc status parsing, target syntax, which
+Engine events concern the target, the health probe."""
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from credsync.container_env import own_container_id
 from credsync.errors import ConfigError
+from credsync.health_probe import Unhealthy, check_health
 from credsync.notify.notifier import describe_batch, redact_url
 from credsync.notify.pending import RETRY_CAP_S, Pending
 from credsync.notify.procstatus import parse_status, receiver_verdict
+from credsync.notify.target_cache import STARTUP_S, concerns, settled
 from credsync.notify.targets import TargetSpec, parse_target
 from credsync.settings import load_settings
 from tests.helpers import FakeClock
@@ -140,3 +147,62 @@ def test_notify_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="CREDSYNC_NOTIFY_URL"):
         load_settings({"notify": "http", "notify_url": "file:///etc/passwd"})
     assert load_settings({"notify_signal": "usr1"}).notify_signal == "SIGUSR1"
+
+
+COMPOSE = {"com.docker.compose.project": "app-x1", "com.docker.compose.service": "webhook"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "container_id", "attributes", "expected"),
+    [
+        (TargetSpec(project="app-x1", service="webhook"), "c1", {**COMPOSE, "name": "app-x1-webhook-1"}, True),
+        (TargetSpec(project="other", service="webhook"), "c1", COMPOSE, False),
+        (TargetSpec(service="webhook"), "c1", COMPOSE, True),  # own project: known only later, so any
+        (TargetSpec(service="webhook"), "c1", {**COMPOSE, "com.docker.compose.oneoff": "True"}, False),
+        (TargetSpec(service="job"), "c1", COMPOSE, False),
+        (TargetSpec(container="hub"), "c1", {"name": "hub"}, True),
+        (TargetSpec(container="hub"), "c1", {"name": "hub-2", "oldName": "/hub"}, True),  # renamed away
+        (TargetSpec(container="hub"), "c1", {"name": "job-7"}, False),
+        (TargetSpec(container="0123456789ab"), "0123456789abcdef", {"name": "x"}, True),
+    ],
+)
+def test_which_engine_events_concern_the_target(
+    spec: TargetSpec, container_id: str, attributes: dict[str, str], expected: bool
+) -> None:
+    assert concerns(spec, container_id, attributes) is expected
+
+
+def test_a_verdict_is_kept_only_once_the_container_has_settled() -> None:
+    started = time.strftime("%Y-%m-%dT%H:%M:%S.123456789Z", time.gmtime(1_800_000_000))
+    assert not settled(started, 1_800_000_000 + STARTUP_S - 1)
+    assert settled(started, 1_800_000_000 + STARTUP_S)
+    assert not settled("not a time", 1_800_000_000)
+
+
+def write_health(state_dir: Path, *, pid: int, ready: bool, watching: bool, age_s: float) -> None:
+    heartbeat_ms = int((time.time() - age_s) * 1000)
+    record = {"pid": pid, "ready": ready, "watching": watching, "heartbeat_ms": heartbeat_ms, "interval_s": 30.0}
+    (state_dir / "health.json").write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"ready": False}, "has not finished its first reconcile"),
+        ({"watching": False}, "the watcher is down"),
+        ({"age_s": 91.0}, "no heartbeat for 91s"),
+        ({"pid": 2**22 + 1}, "is not running"),
+    ],
+)
+def test_the_health_probe_tells_why_not(tmp_path: Path, fields: dict[str, object], reason: str) -> None:
+    write_health(tmp_path, **{"pid": os.getpid(), "ready": True, "watching": True, "age_s": 0.0, **fields})  # type: ignore[arg-type]
+    with pytest.raises(Unhealthy, match=reason):
+        check_health(str(tmp_path))
+
+
+def test_the_health_probe_passes_a_live_daemon_and_refuses_garbage(tmp_path: Path) -> None:
+    write_health(tmp_path, pid=os.getpid(), ready=True, watching=True, age_s=1.0)
+    assert check_health(str(tmp_path)).startswith(f"healthy: pid {os.getpid()}")
+    (tmp_path / "health.json").write_text('{"pid": "1; rm -rf /"}')
+    with pytest.raises(Unhealthy, match=r"unreadable .*: ValueError"):
+        check_health(str(tmp_path))

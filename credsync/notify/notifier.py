@@ -1,6 +1,7 @@
 """The notifier thread: collects publications, waits out the debounce, tells every running
 container of the target once per batch, and keeps a failed notification pending with capped
-backoff until it is delivered. Publishing never waits for it."""
+backoff until it is delivered. Publishing never waits for it, and the next notification never
+waits for the previous one's survival check: that runs on a thread of its own."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import threading
 import time
 import urllib.error
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from enum import IntEnum
 from urllib.parse import urlsplit
 
 import docker
 import requests
-from docker.models.containers import Container
 from loguru import logger
 
 from credsync.errors import ConfigError, printable
@@ -21,9 +22,9 @@ from credsync.events import Events
 from credsync.hashes import short_hash
 from credsync.notify.delivery import DeliveryFailed, Snapshot, post_http, run_exec, send_signal, verify_survived
 from credsync.notify.pending import Pending
-from credsync.notify.proc_readers import reader_for
-from credsync.notify.procstatus import ProcReadError, receiver_verdict
-from credsync.notify.targets import TargetSpec, own_compose_project, parse_target, resolve
+from credsync.notify.procstatus import ProcReadError
+from credsync.notify.target_cache import Target, TargetCache
+from credsync.notify.targets import TargetSpec, own_compose_project, parse_target
 from credsync.notify_record import write_notification
 from credsync.settings import Settings
 
@@ -46,9 +47,31 @@ TRANSIENT_ERRORS = (
     ConnectionError,
     TimeoutError,
 )
+# Survival checks running at once; one more notification waits for the oldest to end.
+MAX_CHECKS = 4
+WARM_RETRY_S = 5.0
 
 
 OutcomeListener = Callable[[Collection[str], str], None]
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A notification that went out; its targets' survival is still to be proved."""
+
+    client: docker.DockerClient
+    targets: list[Snapshot]
+    at: float
+    fields: dict[str, str]
+
+
+@dataclass
+class Attempt:
+    outcome: Delivery
+    sent: list[Sent] = field(default_factory=list)
+
+    def merge(self, other: Attempt) -> Attempt:
+        return Attempt(max(self.outcome, other.outcome), self.sent + other.sent)
 
 
 class Notifier:
@@ -68,14 +91,27 @@ class Notifier:
         self._client: docker.DockerClient | None = None
         self._own_project: str | None = None
         self._said: set[tuple[str, ...]] = set()
+        self._checks = threading.BoundedSemaphore(MAX_CHECKS)
+        self._recording = threading.Lock()
+        self._warm_retry_at = 0.0
+        signal_name = settings.notify_signal if self.mode in ("signal", "auto") else None
+        self.targets = (
+            None
+            if self.spec is None
+            else TargetCache(self._docker, self.spec, self._project_of, signal_name, self._poke)
+        )
 
     def start(self) -> None:
+        if self.targets is not None:
+            self.targets.start()
         self._thread.start()
 
     def stop(self) -> None:
         with self._changed:
             self._stopping = True
             self._changed.notify()
+        if self.targets is not None:
+            self.targets.stop()
         if self._thread.is_alive():
             self._thread.join(timeout=0.5)
 
@@ -86,40 +122,113 @@ class Notifier:
             self.events.pending_notifications(len(self._pending.changes))
             self._changed.notify()
 
+    def _poke(self) -> None:
+        with self._changed:
+            self._changed.notify()
+
     def _run(self) -> None:
         while True:
             with self._changed:
-                while not self._stopping:
-                    due = self._pending.due_at()
-                    if due is not None and due <= time.monotonic():
-                        break
-                    self._changed.wait(None if due is None else due - time.monotonic())
-                if self._stopping:
-                    return
-                batch = self._pending.take()
-            outcome = self.deliver(batch)
-            with self._changed:
-                if outcome is not Delivery.PENDING:
-                    self._pending.delivered()
-                else:
-                    delay = self._pending.failed(batch)
-                    logger.bind(retry_in_s=delay, routes=describe_batch(batch)).debug("notification pending")
-                self.events.pending_notifications(len(self._pending.changes))
+                batch = self._next_batch()
+            if batch is None:
+                return
+            if not batch:
+                self._warm()
+                continue
+            self._checks.acquire()  # released when this batch's survival check ends
+            self._settle(batch, self.deliver(batch, wait=False))
 
-    def deliver(self, batch: Mapping[str, str]) -> Delivery:
-        """One attempt at telling every target about the batch; the outcome is recorded for
-        `credsync status` and counted."""
-        outcome = self._attempt(batch)
-        self.events.notification(outcome.name.lower())
-        write_notification(self.settings.state_dir, outcome.name.lower(), describe_batch(batch))
-        if self.listener is not None and outcome is not Delivery.PENDING:
-            self.listener(list(batch), outcome.name.lower())
+    def _settle(self, batch: Mapping[str, str], outcome: Delivery) -> None:
+        """A pending outcome puts the batch back, to be sent again after a backoff."""
+        with self._changed:
+            if outcome is not Delivery.PENDING:
+                self._pending.delivered()
+            else:
+                delay = self._pending.failed(dict(batch))
+                logger.bind(retry_in_s=delay, routes=describe_batch(batch)).debug("notification pending")
+                self._changed.notify()
+            self.events.pending_notifications(len(self._pending.changes))
+
+    def _next_batch(self) -> dict[str, str] | None:
+        """Waits (holding the condition) for a due batch; {} when the target should be looked
+        at while nothing is due; None when stopping."""
+        while not self._stopping:
+            now = time.monotonic()
+            due = self._pending.due_at()
+            if due is not None and due <= now:
+                return self._pending.take()
+            wake_at = due
+            if self.targets is not None and not self.targets.warm:
+                if now >= self._warm_retry_at:
+                    return {}
+                wake_at = self._warm_retry_at if due is None else min(due, self._warm_retry_at)
+            self._changed.wait(None if wake_at is None else wake_at - now)
+        return None
+
+    def _warm(self) -> None:
+        """Find the target and read its signal handling before any upload needs it."""
+        if self.targets is None:
+            return
+        try:
+            self.targets.targets()
+        except Exception:  # said, if it persists, by the notification that needs it
+            self._client = None
+            self._warm_retry_at = time.monotonic() + WARM_RETRY_S
+
+    def deliver(self, batch: Mapping[str, str], *, wait: bool = True) -> Delivery:
+        """One attempt at telling every target about the batch. With `wait`, the survival check
+        is done before returning and the final outcome returned; else it runs on its own thread
+        (which releases `_checks`) and what is returned is final only when nothing was sent.
+        Final outcomes are recorded for `credsync status` and counted."""
+        attempt = self._attempt(batch)
+        if wait or not attempt.sent:
+            outcome = self._conclude(batch, attempt)
+            if not wait:
+                self._checks.release()
+            return outcome
+        threading.Thread(
+            target=self._conclude_and_release, args=(batch, attempt), name="credsync-survival", daemon=True
+        ).start()
+        return attempt.outcome
+
+    def _conclude_and_release(self, batch: Mapping[str, str], attempt: Attempt) -> None:
+        try:
+            if self._conclude(batch, attempt) is Delivery.PENDING:
+                self._settle(batch, Delivery.PENDING)
+        finally:
+            self._checks.release()
+
+    def _conclude(self, batch: Mapping[str, str], attempt: Attempt) -> Delivery:
+        """Prove every sent-to target survived; one log line per sent notification."""
+        outcome = attempt.outcome
+        for sent in attempt.sent:
+            try:
+                for before in sent.targets:
+                    verify_survived(sent.client, before, sent.at, self.settings.notify_grace_ms / 1000)
+            except DeliveryFailed as failure:
+                logger.bind(**sent.fields, reason=failure.args[0], routes=describe_batch(batch)).error(
+                    "notification failed"
+                )
+                outcome = max(outcome, Delivery.FAILED)
+            except TRANSIENT_ERRORS as error:  # survival not proved: the batch is sent and checked again
+                self._forget()
+                self._say_once(
+                    ("unreachable", type(error).__name__), "WARNING", "notification pending", reason=describe(error)
+                )
+                outcome = Delivery.PENDING
+            else:
+                logger.bind(**sent.fields, routes=describe_batch(batch)).info("notified")
+        with self._recording:
+            self.events.notification(outcome.name.lower())
+            write_notification(self.settings.state_dir, outcome.name.lower(), describe_batch(batch))
+            if self.listener is not None and outcome is not Delivery.PENDING:
+                self.listener(list(batch), outcome.name.lower())
         return outcome
 
-    def _attempt(self, batch: Mapping[str, str]) -> Delivery:
+    def _attempt(self, batch: Mapping[str, str]) -> Attempt:
         try:
             client = self._docker()
-            targets = self._targets(client)
+            targets = self.targets.targets() if self.targets is not None else []
             if self.spec is not None and not targets:
                 self._say_once(
                     ("no-target",),
@@ -127,87 +236,89 @@ class Notifier:
                     "notification pending",
                     reason=f"no running container for {self.spec.describe()}",
                 )
-                return Delivery.PENDING
+                return Attempt(Delivery.PENDING)
             if self.mode == "http":
-                outcome = self._notify_http(client, targets, batch)
+                attempt = self._notify_http(client, targets, batch)
             else:
-                outcomes = [self._notify_container(client, container, batch) for container in targets]
-                outcome = max(outcomes, default=Delivery.DELIVERED)
+                attempt = Attempt(Delivery.DELIVERED)
+                for target in targets:
+                    attempt = attempt.merge(self._notify_container(client, target))
         except TRANSIENT_ERRORS as error:
-            self._client = None  # reconnect next time: the engine may have restarted
+            self._forget()  # reconnect next time: the engine may have restarted, the target changed
             self._say_once(
                 ("unreachable", type(error).__name__), "WARNING", "notification pending", reason=describe(error)
             )
-            return Delivery.PENDING
+            return Attempt(Delivery.PENDING)
         except ConfigError as error:
             self._say_once(("config", error.reason), "ERROR", "cannot notify", reason=error.reason)
-            return Delivery.FAILED
+            return Attempt(Delivery.FAILED)
         except Exception as error:  # the notifier thread must outlive any surprise
-            self._client = None
+            self._forget()
             # The type only: an unexpected error's text may quote what a container answered.
             reason = f"unexpected {type(error).__name__}"
             self._say_once(("unexpected", type(error).__name__), "ERROR", "notification pending", reason=reason)
-            return Delivery.PENDING
+            return Attempt(Delivery.PENDING)
         self._said = {key for key in self._said if key[0] == "skip"}  # a recovery may be reported again
-        return outcome
+        return attempt
+
+    def _forget(self) -> None:
+        self._client = None
+        if self.targets is not None:
+            self.targets.forget()
 
     def _docker(self) -> docker.DockerClient:
-        if self._client is None:
+        client = self._client
+        if client is None:
             timeout = int(self.settings.notify_timeout_s + self.settings.notify_grace_ms / 1000 + 5)
-            self._client = docker.DockerClient(base_url=self.settings.docker_host, version="auto", timeout=timeout)
-        return self._client
+            client = self._client = docker.DockerClient(
+                base_url=self.settings.docker_host, version="auto", timeout=timeout
+            )
+        return client
 
-    def _targets(self, client: docker.DockerClient) -> list[Container]:
-        if self.spec is None:
-            return []
-        if self.spec.service is not None and self.spec.project is None and self._own_project is None:
+    def _project_of(self, client: docker.DockerClient) -> str | None:
+        """credsync's own compose project, for a `service:NAME` target; looked up once."""
+        if self.spec is None or self.spec.service is None or self.spec.project is not None:
+            return None
+        if self._own_project is None:
             self._own_project = own_compose_project(client)
-        return resolve(client, self.spec, self._own_project)
+        return self._own_project
 
-    def _notify_container(
-        self, client: docker.DockerClient, container: Container, batch: Mapping[str, str]
-    ) -> Delivery:
-        before = Snapshot.of(container)
+    def _notify_container(self, client: docker.DockerClient, target: Target) -> Attempt:
+        container, before = target.container, target.before
         fields = {"target": before.name, "container": before.container_id[:12], "notify": self.mode}
         if self.mode == "exec":
             command, timeout_s = self.settings.notify_exec or "", self.settings.notify_timeout_s
-            return self._deliver_checked(
-                client, [before], batch, lambda: run_exec(container, command, timeout_s), fields
-            )
-        signal_name = self.settings.notify_signal
-        verdict = receiver_verdict(reader_for(container), signal_name)
+            return self._send(client, [before], lambda: run_exec(container, command, timeout_s), fields)
+        assert self.targets is not None  # a container target means a target cache
+        verdict = self.targets.verdict(target)
         if verdict.catches:
-            return self._deliver_checked(client, [before], batch, lambda: send_signal(container, signal_name), fields)
-        return self._refuse_signal(before, verdict.explanation)
+            signal_name = self.settings.notify_signal
+            return self._send(client, [before], lambda: send_signal(container, signal_name), fields)
+        self.targets.forget()  # a refusal is looked at afresh next time
+        return Attempt(self._refuse_signal(before, verdict.explanation))
 
-    def _notify_http(self, client: docker.DockerClient, targets: list[Container], batch: Mapping[str, str]) -> Delivery:
+    def _notify_http(self, client: docker.DockerClient, targets: list[Target], batch: Mapping[str, str]) -> Attempt:
         url = str(self.settings.notify_url)
         body = {"routes": [{"route": route, "sha256_prefix": short_hash(sha)} for route, sha in sorted(batch.items())]}
-        snapshots = [Snapshot.of(container) for container in targets]
         fields = {"notify": "http", "url": redact_url(url)}
-        return self._deliver_checked(
-            client, snapshots, batch, lambda: post_http(url, body, self.settings.notify_timeout_s), fields
-        )
+        snapshots = [target.before for target in targets]
+        return self._send(client, snapshots, lambda: post_http(url, body, self.settings.notify_timeout_s), fields)
 
-    def _deliver_checked(
+    def _send(
         self,
         client: docker.DockerClient,
         targets: list[Snapshot],
-        batch: Mapping[str, str],
         deliver: Callable[[], object],
         fields: dict[str, str],
-    ) -> Delivery:
-        """Deliver, then prove every target survived; one log line for the outcome."""
-        delivered_at = time.time()
+    ) -> Attempt:
+        """Deliver; the targets' survival is proved later, by `_conclude`."""
+        at = time.time()
         try:
             deliver()
-            for before in targets:
-                verify_survived(client, before, delivered_at, self.settings.notify_grace_ms / 1000)
         except DeliveryFailed as failure:
-            logger.bind(**fields, reason=failure.args[0], routes=describe_batch(batch)).error("notification failed")
-            return Delivery.FAILED
-        logger.bind(**fields, routes=describe_batch(batch)).info("notified")
-        return Delivery.DELIVERED
+            logger.bind(**fields, reason=failure.args[0]).error("notification failed")
+            return Attempt(Delivery.FAILED)
+        return Attempt(Delivery.DELIVERED, [Sent(client, targets, at, fields)])
 
     def _refuse_signal(self, before: Snapshot, explanation: str) -> Delivery:
         """Never send a signal the receiver does not catch: it is ignored or it kills the consumer."""
