@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import report
+import sidecar
 from common import (
     REPO_ROOT,
     UPLOAD_NAME,
@@ -67,7 +68,7 @@ from common import (
     short_sha,
     stage,
 )
-from report import DEFAULTS, DEFAULTS_GAP_S, FAST, FLOOR, SHELL, Burst, Latencies, Results
+from report import DEFAULTS, DEFAULTS_GAP_S, FAST, FLOOR, SHELL, SIDECAR, Burst, Latencies, Results
 from typing_extensions import override
 
 BENCH = Path(__file__).resolve().parent
@@ -193,6 +194,44 @@ class CredsyncLane(Lane):
         return counts
 
 
+class SidecarLane(CredsyncLane):
+    """credsync in its image, run as the compose file runs the sidecar (bench/sidecar.py): its
+    capabilities, read-only root, mounts and the Docker socket of the notify layer; no host /proc,
+    so its signal preflight is `docker exec`. Its log comes through `docker run`'s stderr."""
+
+    def __init__(self, root: Path, watch: FolderWatch, consumer: Consumer, flags: Sequence[str], image: str) -> None:
+        super().__init__(SIDECAR, root, watch, consumer, flags)
+        self.image = image
+        self.name = f"credsync-bench-sidecar-{os.getpid()}"
+        self.mounts = {
+            "/uploads": self.source,
+            "/claude-config": self.dest,
+            "/var/lib/credsync": self.state,
+            "/receipts": self.folder / "receipts",
+            "/claude-aws": self.folder / "claude-aws",
+        }
+
+    def spawn(self) -> Child:
+        options = sidecar.run_options(self.mounts)
+        flags = ["--log-format=json", f"--notify-target={self.consumer.name}", *self.flags]
+        command = [
+            "docker",
+            "run",
+            "--rm",
+            "--name",
+            self.name,
+            "--network=none",
+            *options,
+            self.image,
+            "watch",
+            *flags,
+        ]
+        return Child.start(self.key, command, parse_json=True, env=clean_env())
+
+    def pids(self) -> list[int]:
+        return [sidecar.container_pid(self.name)]
+
+
 class ShellLane(Lane):
     burst_timeout_s = 150.0
 
@@ -246,18 +285,20 @@ class FloorLane(Lane):
 @dataclass
 class Lanes:
     fast: CredsyncLane  # settle, debounce, grace 0
+    sidecar: SidecarLane  # the same, in its container
     defaults: CredsyncLane
     shell: ShellLane
     floor: FloorLane
 
     def all(self) -> list[Lane]:
-        return [self.fast, self.defaults, self.shell, self.floor]
+        return [self.fast, self.sidecar, self.defaults, self.shell, self.floor]
 
 
-def make_lanes(root: Path, watch: FolderWatch, consumer: Consumer) -> Lanes:
+def make_lanes(root: Path, watch: FolderWatch, consumer: Consumer, image: str) -> Lanes:
     zero = ["--settle-ms=0", "--debounce-ms=0", "--notify-grace-ms=0"]
     return Lanes(
         CredsyncLane(FAST, root, watch, consumer, zero),
+        SidecarLane(root, watch, consumer, zero, image),
         CredsyncLane(DEFAULTS, root, watch, consumer, []),
         ShellLane(root, watch, consumer),
         FloorLane(FLOOR, root, watch, consumer),
@@ -407,6 +448,8 @@ def run_bursts(here: Stage, lanes: Lanes, args: argparse.Namespace, results: Res
         daemon.routes = routes_file(daemon.folder / "routes.toml", names)
         daemon.start()
     for lane in lanes.all():
+        if lane is lanes.sidecar:  # its routes file would have to be mounted too; the host lanes show bursts
+            continue
         for scenario in ("distinct", "rewrites"):
             result = burst(here, lane, scenario, args.burst)
             results.bursts[(lane.key, scenario)] = result
@@ -471,6 +514,19 @@ def top_level_imports(trace: str) -> list[tuple[str, float]]:
     return sorted(cumulative.items(), key=lambda item: -item[1])
 
 
+def measure_health_checks(lanes: Lanes, runs: int, results: Results) -> None:
+    """CPU per run of the image's HEALTHCHECK command, in the running sidecar and on the host
+    (the probe file against the host lane's state), and of `credsync health` (the whole CLI)."""
+    probe = [sys.executable, "-I", "-S", str(REPO_ROOT / "credsync" / "health_probe.py"), str(lanes.defaults.state)]
+    in_image = sidecar.image_healthcheck(lanes.sidecar.image)
+    cli = [sys.executable, "-m", "credsync", "health", f"--state-dir={lanes.defaults.state}"]
+    results.health = {
+        SIDECAR: sidecar.cpu_per_run(["docker", "exec", lanes.sidecar.name, in_image[0]], runs, in_image),
+        DEFAULTS: sidecar.cpu_per_run([sys.executable], runs, probe),
+        "cli": sidecar.cpu_per_run([sys.executable], max(1, runs // 5), cli),
+    }
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -480,7 +536,8 @@ def run(args: argparse.Namespace) -> Results:
     engine = dockerd_identity()
     with stage("credsync-vs-", READY_TIMEOUT_S) as here:
         results.notes += [f"{name}: {value}" for name, value in machine(here.client, here.root)]
-        lanes = make_lanes(here.root, here.watch, here.consumer)
+        image = sidecar.build_image()
+        lanes = make_lanes(here.root, here.watch, here.consumer, image)
         try:
             measure(lanes, here, args, results)
         except BenchError as error:
@@ -506,9 +563,9 @@ def measure(lanes: Lanes, here: Stage, args: argparse.Namespace, results: Result
     step("start-up to ready", lambda: measure_startup(lanes, args.startup_runs, results))
     for lane in lanes.all():
         lane.start()
-    fast = [lanes.fast, lanes.shell, lanes.floor]
+    fast = [lanes.fast, lanes.sidecar, lanes.shell, lanes.floor]
     step(
-        f"warm-up, then {args.rounds} interleaved rounds of credsync-0 / shell / floor",
+        f"warm-up, then {args.rounds} interleaved rounds of credsync-0 / sidecar / shell / floor",
         lambda: interleaved_rounds(here, fast, args.rounds, results),
     )
     step(
@@ -520,6 +577,7 @@ def measure(lanes: Lanes, here: Stage, args: argparse.Namespace, results: Result
         f"idle window of {args.idle_seconds:g} s",
         lambda: results.idle.update(measure_idle(groups, args.idle_seconds)),
     )
+    step("health check CPU", lambda: measure_health_checks(lanes, args.health_runs, results))
     step(f"bursts of {args.burst} uploads", lambda: run_bursts(here, lanes, args, results))
     if not here.consumer.still_running():
         raise BenchError("the consumer container did not survive the run")
@@ -544,13 +602,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--burst", type=int, default=1000, help="uploads per burst (default 1000)")
     parser.add_argument("--startup-runs", type=int, default=5, help="spawns per lane for start-up (default 5)")
     parser.add_argument("--import-runs", type=int, default=7, help="runs per import measurement (default 7)")
+    parser.add_argument("--health-runs", type=int, default=30, help="health checks timed per lane (default 30)")
     parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/ alone")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 20 rounds, 5 s idle, bursts of 100")
     args = parser.parse_args(argv)
     args.command = shlex.join(["python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)])
     if args.quick:
         args.rounds, args.default_rounds, args.idle_seconds, args.burst = 20, 5, 5.0, 100
-        args.startup_runs, args.import_runs = 2, 2
+        args.startup_runs, args.import_runs, args.health_runs = 2, 2, 5
     if not 1 <= args.default_rounds <= args.rounds or args.idle_seconds <= 0 or args.burst < 1:
         parser.error("need 1 <= --default-rounds <= --rounds, --idle-seconds > 0, --burst >= 1")
     if args.startup_runs < 1 or args.import_runs < 1:

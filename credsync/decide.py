@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 
 
@@ -16,14 +17,14 @@ def decide(
     upload_sha: str,
     last_published_sha: str | None,
     destination_sha: str | None,
-    destination_sound: bool,
+    destination_sound: Callable[[], bool],
 ) -> Action:
-    """`destination_sha` is None when the destination is missing; `destination_sound` says
-    whether it still parses."""
+    """`destination_sha` is None when the destination is missing; `destination_sound()` says
+    whether it still parses, asked only when it decides (it validates the whole file)."""
     if destination_sha == upload_sha:
         return Action.UNCHANGED
     if upload_sha != last_published_sha:
         return Action.PUBLISH
-    if destination_sha is None or not destination_sound:
+    if destination_sha is None or not destination_sound():
         return Action.REPAIR
     return Action.KEEP_CONSUMER

@@ -4,11 +4,9 @@ sd_notify messages for systemd (READY=1, WATCHDOG=1, STATUS=, STOPPING=1)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
@@ -16,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from credsync.errors import PublishError, one_line
 from credsync.events import Events
-from credsync.health_probe import HEALTH_FILE
+from credsync.health_probe import HEALTH_FILE, format_record
 from credsync.publisher import keep_private_copy
 
 HEARTBEAT_S = 30.0
@@ -47,15 +45,6 @@ class SystemdNotify:
         self._socket.close()
 
 
-@dataclass(frozen=True)
-class HealthRecord:
-    pid: int
-    ready: bool
-    watching: bool
-    heartbeat_ms: int
-    interval_s: float
-
-
 class Liveness:
     """The daemon reports here; this writes the health file and talks to systemd."""
 
@@ -84,9 +73,15 @@ class Liveness:
 
     def _write_health(self, watching: bool) -> None:
         self.events.health(ready=self._ready, watching=watching)
-        record = HealthRecord(os.getpid(), self._ready, watching, time.time_ns() // 1_000_000, self.interval_s)
+        record = format_record(
+            os.getpid(),
+            ready=self._ready,
+            watching=watching,
+            heartbeat_ms=time.time_ns() // 1_000_000,
+            interval_s=self.interval_s,
+        )
         with contextlib.suppress(PublishError):  # a full state disk is reported by publishing; health goes stale
-            keep_private_copy(self.health_path, json.dumps(record.__dict__).encode())
+            keep_private_copy(self.health_path, record.encode())
 
     def status(self, text: str) -> None:
         if self.systemd is not None:

@@ -3,11 +3,13 @@ nothing here follows a symlink, blocks on a FIFO, opens a device or reads past t
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -43,9 +45,28 @@ class SourceFolder:
         self.path = path
         self.owner = owner
         self.group: int | None = None  # the folder's group, for files credsync gives the uploader
+        self._held: int | None = None
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Within it, the folder is walked to once: one upload's read and its siblings' looks
+        share that descriptor. If the folder cannot be opened, each `open` says why."""
+        try:
+            self._held = self.open()
+        except SourceUnavailable:
+            self._held = None
+        try:
+            yield
+        finally:
+            if self._held is not None:
+                os.close(self._held)
+            self._held = None
 
     def open(self) -> int:
-        """A descriptor of the folder; raises SourceUnavailable with a one-line reason."""
+        """A descriptor of the folder (the caller closes it); raises SourceUnavailable with a
+        one-line reason."""
+        if self._held is not None:
+            return os.dup(self._held)
         try:
             folder_fd = open_folder(self.path)
         except OSError as error:

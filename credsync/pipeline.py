@@ -129,6 +129,10 @@ class Pipeline:
         if route is None:
             self._note_ignored(name)
             return Result(name, Outcome.IGNORED)
+        with self.source.held():  # the source path is walked once for the upload and its siblings
+            return self._process_route(route, name, complete)
+
+    def _process_route(self, route: Route, name: str, complete: bool) -> Result:
         try:
             upload = self.source.read(
                 name, max_bytes=self.settings.max_bytes, settle_ns=self.settings.settle_ms * 1_000_000
@@ -227,7 +231,7 @@ class Pipeline:
             content.sha256,
             None if last is None else last.sha256,
             None if current is None else hashlib.sha256(current).hexdigest(),
-            current is not None and is_sound(route.kind, current, max_bytes=self.settings.max_bytes),
+            lambda: current is not None and is_sound(route.kind, current, max_bytes=self.settings.max_bytes),
         )
 
     def _remember(self, route: Route, content: Content) -> None:

@@ -136,7 +136,7 @@ def check_after_kill(folders: Folders, known: set[str], round_number: int) -> No
         json.loads(data)
         info = destination.stat()
         assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (1001, 1001, 0o600), f"round {round_number}"
-    for private in (folders.state_dir / "ledger.json", folders.state_dir / "health.json"):
+    for private in (folders.state_dir / "ledger.json", folders.state_dir / "health"):
         if private.exists():
             json.loads(private.read_bytes())  # written atomically too: never half a file
     previous = folders.state_dir / "previous" / CREDENTIALS
@@ -197,7 +197,7 @@ def test_temp_files_a_crash_leaves_in_the_state_folder_are_removed_at_start(fold
     (folders.state_dir / "previous").mkdir(parents=True, mode=0o700)
     planted = [
         folders.state_dir / ".credsync.ledger.json.0badf00d.tmp",
-        folders.state_dir / ".credsync.health.json.0badf00d.tmp",
+        folders.state_dir / ".credsync.health.0badf00d.tmp",
         folders.state_dir / "previous" / ".credsync..credentials.json.0badf00d.tmp",
     ]
     for path in planted:

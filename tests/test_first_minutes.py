@@ -70,7 +70,7 @@ def test_a_fresh_clone_reaches_a_published_file_and_clean_status_health_doctor(o
             stderr=log_file,
         )
     try:
-        ready = clone / "var" / "state" / "health.json"
+        ready = clone / "var" / "state" / "health"
         try:
             wait_until(lambda: ready.exists() or daemon.poll() is not None, timeout=400, interval=0.2)
         finally:

@@ -3,7 +3,6 @@ Engine events concern the target, the health probe."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ import pytest
 
 from credsync.container_env import own_container_id
 from credsync.errors import ConfigError
-from credsync.health_probe import Unhealthy, check_health
+from credsync.health_probe import HEALTH_FILE, Unhealthy, check_health, format_record
 from credsync.notify.notifier import describe_batch, redact_url
 from credsync.notify.pending import RETRY_CAP_S, Pending
 from credsync.notify.procstatus import parse_status, receiver_verdict
@@ -181,8 +180,8 @@ def test_a_verdict_is_kept_only_once_the_container_has_settled() -> None:
 
 def write_health(state_dir: Path, *, pid: int, ready: bool, watching: bool, age_s: float) -> None:
     heartbeat_ms = int((time.time() - age_s) * 1000)
-    record = {"pid": pid, "ready": ready, "watching": watching, "heartbeat_ms": heartbeat_ms, "interval_s": 30.0}
-    (state_dir / "health.json").write_text(json.dumps(record))
+    record = format_record(pid, ready=ready, watching=watching, heartbeat_ms=heartbeat_ms, interval_s=30.0)
+    (state_dir / HEALTH_FILE).write_text(record)
 
 
 @pytest.mark.parametrize(
@@ -203,6 +202,7 @@ def test_the_health_probe_tells_why_not(tmp_path: Path, fields: dict[str, object
 def test_the_health_probe_passes_a_live_daemon_and_refuses_garbage(tmp_path: Path) -> None:
     write_health(tmp_path, pid=os.getpid(), ready=True, watching=True, age_s=1.0)
     assert check_health(str(tmp_path)).startswith(f"healthy: pid {os.getpid()}")
-    (tmp_path / "health.json").write_text('{"pid": "1; rm -rf /"}')
-    with pytest.raises(Unhealthy, match=r"unreadable .*: ValueError"):
-        check_health(str(tmp_path))
+    for garbage in ("pid=1;rm ready=1 watching=1 heartbeat_ms=1 interval_s=1", "pid=1", "\u00e9t\u00e9"):
+        (tmp_path / HEALTH_FILE).write_text(garbage)
+        with pytest.raises(Unhealthy, match=r"unreadable .*: (ValueError|UnicodeDecodeError)"):
+            check_health(str(tmp_path))

@@ -172,7 +172,7 @@ def test_kind_for_filename() -> None:
     ],
 )
 def test_decisions(upload: str, last: str | None, destination: str | None, sound: bool, expected: Action) -> None:
-    assert decide(upload, last, destination, sound) is expected
+    assert decide(upload, last, destination, lambda: sound) is expected
 
 
 def test_schedule_reads_an_upload_once_it_is_closed_and_quiet() -> None:
@@ -215,3 +215,12 @@ def test_schedule_retries_with_capped_backoff() -> None:
     assert delays[:3] == [1.0, 2.0, 4.0] and delays[-1] == RETRY_CAP_S
     schedule.succeeded("a")
     assert schedule.retry("a") == 1.0
+
+
+def test_a_decision_asks_whether_the_destination_parses_only_when_that_decides() -> None:
+    def never() -> bool:
+        raise AssertionError("validated the destination for nothing")
+
+    assert decide("new", "old", "consumer", never) is Action.PUBLISH
+    assert decide("same", "same", "same", never) is Action.UNCHANGED
+    assert decide("same", "same", None, never) is Action.REPAIR

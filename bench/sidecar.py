@@ -1,0 +1,135 @@
+"""The sidecar as the compose file runs it: its image built from this tree, and the `docker run`
+options of the credsync service read from docker-compose.dokploy.yml plus the notify layer
+(capabilities, read-only root, tmpfs, environment, mounts), each mount pointed at a lane's
+folder. A compose key this does not translate fails the run: the lane must not drift from it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from common import REPO_ROOT, BenchError
+
+IMAGE = "credsync:bench"
+BASE_IMAGE = "credsync-base:bookworm"
+COMPOSE_FILES = ("docker-compose.dokploy.yml", "docker-compose.notify.yml")
+SOCKET = "/var/run/docker.sock"
+# Keys that shape how compose builds, starts or connects it, not how it runs: the lane runs with
+# network none (the socket is a file) and is started by the bench.
+NOT_TRANSLATED = frozenset({"build", "image", "restart", "depends_on", "networks"})
+INTERPOLATION = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+
+
+def build_image() -> str:
+    """The image from this tree, offline: the base from debootstrap (kept once built), the
+    wheels served from the host (scripts/build-image)."""
+    for command in (
+        ["bash", "scripts/build-base-image", BASE_IMAGE],
+        ["bash", "scripts/build-image", IMAGE, BASE_IMAGE],
+    ):
+        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False)
+        if done.returncode != 0:
+            raise BenchError(f"{' '.join(command)} failed: {done.stderr.strip()[-600:]}")
+    return IMAGE
+
+
+def compose_service() -> dict[str, Any]:
+    """The credsync service with the notify layer merged over it, as compose merges them."""
+    merged: dict[str, Any] = {}
+    for name in COMPOSE_FILES:
+        service = yaml.safe_load((REPO_ROOT / name).read_text())["services"]["credsync"]
+        for key, value in service.items():
+            if key == "environment":
+                merged[key] = {**merged.get(key, {}), **value}
+            elif key == "volumes":
+                merged[key] = [*merged.get(key, []), *value]
+            else:
+                merged[key] = value
+    return merged
+
+
+def defaulted(text: str) -> str:
+    """`${VAR:-default}` as compose reads it with VAR unset."""
+    return INTERPOLATION.sub(lambda match: match.group(2) or "", text)
+
+
+def run_options(mounts: Mapping[str, Path]) -> list[str]:
+    """`docker run` options for the service; `mounts` maps each container path to a host folder
+    (the socket is mounted as itself)."""
+    service = compose_service()
+    options: list[str] = []
+    for key, value in service.items():
+        if key in NOT_TRANSLATED:
+            continue
+        if key == "cap_drop":
+            options += [f"--cap-drop={cap}" for cap in value]
+        elif key == "cap_add":
+            options += [f"--cap-add={cap}" for cap in value]
+        elif key == "security_opt":
+            options += [f"--security-opt={option}" for option in value]
+        elif key == "read_only":
+            options += ["--read-only"] if value else []
+        elif key == "tmpfs":
+            options += [f"--tmpfs={entry}" for entry in value]
+        elif key == "environment":
+            options += [f"--env={name}={defaulted(str(text))}" for name, text in value.items()]
+        elif key == "volumes":
+            options += [volume_option(entry, mounts) for entry in value]
+        else:
+            raise BenchError(f"the compose file's credsync service has `{key}`, which the sidecar lane cannot run")
+    return options
+
+
+def volume_option(entry: str, mounts: Mapping[str, Path]) -> str:
+    _, target, *mode = defaulted(entry).split(":")
+    if target == SOCKET:
+        return f"--volume={SOCKET}:{SOCKET}"
+    if target not in mounts:
+        raise BenchError(f"the compose file mounts {target} in the sidecar; the sidecar lane has no folder for it")
+    return f"--volume={mounts[target]}:{target}" + (f":{mode[0]}" if mode else "")
+
+
+def container_pid(name: str) -> int:
+    done = subprocess.run(
+        ["docker", "inspect", "--format", "{{.State.Pid}}", name], capture_output=True, text=True, check=True
+    )
+    return int(done.stdout)
+
+
+PROBE_CPU = """
+import resource, subprocess, sys
+runs, command = int(sys.argv[1]), sys.argv[2:]
+before = resource.getrusage(resource.RUSAGE_CHILDREN)
+for _ in range(runs):
+    subprocess.run(command, stdout=subprocess.DEVNULL, check=True)
+after = resource.getrusage(resource.RUSAGE_CHILDREN)
+print((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / runs)
+"""
+
+
+def cpu_per_run(python: list[str], runs: int, command: list[str]) -> float:
+    """CPU seconds per run of `command`, user + system, counted by a parent started with `python`
+    (a list: on the host the interpreter, in the sidecar `docker exec NAME` and its interpreter)."""
+    done = subprocess.run(
+        [*python, "-I", "-S", "-c", PROBE_CPU, str(runs), *command], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise BenchError(f"the health check failed: {done.stdout.strip()[-300:]} {done.stderr.strip()[-300:]}")
+    return float(done.stdout)
+
+
+def image_healthcheck(image: str) -> list[str]:
+    done = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{json .Config.Healthcheck.Test}}", image],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    test = yaml.safe_load(done.stdout)
+    if not test or test[0] != "CMD":
+        raise BenchError(f"{image} has no exec-form HEALTHCHECK: {done.stdout.strip()}")
+    return [str(part) for part in test[1:]]
