@@ -502,6 +502,49 @@ def measure_imports(runs: int, results: Results) -> None:
     results.importtime = top_level_imports(trace)
 
 
+RSS_STEPS = (
+    "ssl",
+    "asyncio",
+    "pydantic",
+    "pydantic_settings",
+    "loguru",
+    "watchdog.observers",
+    "requests",
+    "docker",
+    "credsync.cli",
+    "credsync.notify",
+)
+RSS_BY_IMPORT = f"""
+import re
+def rss():
+    return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+last = rss()
+print("python", last)
+for name in {RSS_STEPS!r}:
+    __import__(name)
+    now = rss()
+    print(name, now - last)
+    last = now
+"""
+
+
+def measure_rss_by_import(results: Results) -> None:
+    """Where the daemon's memory goes: RSS added by each import, in the order given (each one
+    counts only what the ones before it did not load)."""
+    said = subprocess.run(
+        [sys.executable, "-c", RSS_BY_IMPORT],
+        cwd=REPO_ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    steps = [line.split() for line in said if line]
+    results.notes.append(
+        "RSS added by each import in turn, MiB: " + ", ".join(f"{name} {int(kib) / 1024:.1f}" for name, kib in steps)
+    )
+
+
 def top_level_imports(trace: str) -> list[tuple[str, float]]:
     """Cumulative ms of each top-level package in `-X importtime` output, largest first."""
     cumulative: dict[str, float] = {}
@@ -560,6 +603,7 @@ def measure(lanes: Lanes, here: Stage, args: argparse.Namespace, results: Result
     if not here.writer.realtime:
         results.warnings.append("the writer process did not get SCHED_FIFO: write times may be read late")
     step("import time", lambda: measure_imports(args.import_runs, results))
+    step("memory by import", lambda: measure_rss_by_import(results))
     step("start-up to ready", lambda: measure_startup(lanes, args.startup_runs, results))
     for lane in lanes.all():
         lane.start()
