@@ -129,8 +129,8 @@ def judge(results: Results) -> dict[str, Verdict]:
         )
     idle = results.idle[DEFAULTS]
     verdicts["idle"] = Verdict(
-        "idle <= 0.1 % CPU",
-        idle.cpu_percent <= 0.1,
+        "idle <= 0.05 % CPU",
+        idle.cpu_percent <= 0.05,
         f"{idle.cpu_percent:.4f} % ({idle.run_s:.4f} CPU s over {idle.seconds:.0f} s)",
     )
     hwm_mb = idle.hwm_mib * MIB / MB
@@ -214,7 +214,7 @@ def resource_rows(results: Results, verdicts: dict[str, Verdict]) -> list[Row]:
             "    idle CPU, % of one core",
             {lane: idle[lane].cpu_percent for lane in LANES},
             digits=4,
-            target=f"{verdicts['idle'].word} (defaults <= 0.1 %)",
+            target=f"{verdicts['idle'].word} (defaults <= 0.05 %)",
         ),
         Row("    wake-ups per second", {lane: idle[lane].wakeups_per_s for lane in LANES}),
         Row(

@@ -154,11 +154,7 @@ class Daemon:
             if self.wakeup.mounts_changed:  # a bind mount may have replaced the source: look again
                 self.wakeup.mounts_changed = False
                 self._rescan_reason = self._rescan_reason or "the mount table changed"
-            # Uploads first: the watcher's health (a walk of the source path from / and of its
-            # route folders) is looked at after, not on the way to publishing. Each read walks
-            # the path safely on its own.
-            for name in self.schedule.take_due():
-                self.handle(name)
+            # Once per wake-up: each look walks the source path from / and its route folders.
             healthy = self.watcher.healthy()
             if self._watching and not healthy:
                 self._rescan_reason = self._rescan_reason or "the source folder is no longer watched"
@@ -169,6 +165,8 @@ class Daemon:
                 if healthy:
                     self.reconcile(reason)
                 next_reconcile = time.monotonic() + self._rescan_interval(healthy)
+            for name in self.schedule.take_due():
+                self.handle(name)
             for name in self.consumer_checks.take_due():
                 self._check_consumer_side(name)
             self.pipeline.ledger.flush()

@@ -23,6 +23,7 @@ import docker
 import pytest
 from docker.models.containers import Container
 
+from credsync.health_probe import HEALTH_FILE, parse_record
 from tests import helpers
 from tests.docker_env import ConsumerFactory, Engine
 from tests.helpers import Folders, LogLine, WatchProcess, assert_published, claude_credentials, sha12, wait_until
@@ -136,9 +137,12 @@ def check_after_kill(folders: Folders, known: set[str], round_number: int) -> No
         json.loads(data)
         info = destination.stat()
         assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (1001, 1001, 0o600), f"round {round_number}"
-    for private in (folders.state_dir / "ledger.json", folders.state_dir / "health"):
-        if private.exists():
-            json.loads(private.read_bytes())  # written atomically too: never half a file
+    # Written atomically too: never half a file.
+    ledger, health = folders.state_dir / "ledger.json", folders.state_dir / HEALTH_FILE
+    if ledger.exists():
+        json.loads(ledger.read_bytes())
+    if health.exists():
+        parse_record(health.read_text())
     previous = folders.state_dir / "previous" / CREDENTIALS
     if previous.exists():
         assert sha(previous.read_bytes()) in known, f"round {round_number}: the previous generation is damaged"
