@@ -8,8 +8,9 @@ import os
 import select
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from loguru import logger
 
@@ -62,20 +63,45 @@ class Wakeup:
         self.mounts.close()
 
 
+class FolderWatcher(Protocol):
+    """What the loop needs of a watcher; it reports through the Callbacks it was made with."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def healthy(self) -> bool: ...
+
+
+def watchdog_watcher(pipeline: Pipeline) -> Callable[[Callbacks], FolderWatcher]:
+    destinations = {route.destination: route.upload for route in pipeline.routes}
+    return lambda callbacks: Watcher(pipeline.source, pipeline.routes.upload_folders(), destinations, callbacks)
+
+
 class Daemon:
-    def __init__(self, pipeline: Pipeline, notifier: Notifier | None, liveness: Liveness) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        notifier: Notifier | None,
+        liveness: Liveness,
+        *,
+        watcher: Callable[[Callbacks], FolderWatcher] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`watcher` makes the folder watcher from the loop's callbacks (watchdog by default);
+        `clock` is monotonic seconds. Both are swapped in tests of the loop in-process."""
         self.pipeline = pipeline
         self.notifier = notifier
         self.liveness = liveness
         if notifier is not None:
             pipeline.on_published = notifier.changed
         self.settings = pipeline.settings
-        self.schedule = Schedule(self.settings.settle_ms / 1000)
+        self.clock = clock
+        self.schedule = Schedule(self.settings.settle_ms / 1000, clock)
         self.wakeup = Wakeup()
-        destinations = {route.destination: route.upload for route in pipeline.routes}
         callbacks = Callbacks(self._ready, self._writing, self._lost, self._rewritten)
-        self.watcher = Watcher(pipeline.source, pipeline.routes.upload_folders(), destinations, callbacks)
-        self.consumer_checks = Schedule(self.settings.settle_ms / 1000)
+        self.watcher = (watcher or watchdog_watcher(pipeline))(callbacks)
+        self.consumer_checks = Schedule(self.settings.settle_ms / 1000, clock)
         self._stop_requested = False
         self._rescan_reason: str | None = None
         self._watching = False
@@ -110,10 +136,23 @@ class Daemon:
         self._rescan_reason = signal.Signals(signum).name
 
     def run(self) -> int:
+        """The process's main loop: signals stop it (TERM, INT) or ask for a rescan (HUP)."""
         signal.set_wakeup_fd(self.wakeup.write_fd, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hangup)
+        try:
+            return self.serve()
+        finally:
+            signal.set_wakeup_fd(-1)
+
+    def stop(self) -> None:
+        """From another thread: end `serve` after the upload at hand."""
+        self._stop_requested = True
+        self.wakeup.poke()
+
+    def serve(self) -> int:
+        """The loop, until `stop` (or a signal, under `run`); any thread may run it."""
         logger.bind(source=str(self.settings.source), routes=len(self.pipeline.routes)).info("watching")
         if self.notifier is None:
             logger.bind(notify=self.settings.notify).info("no notify target: publishing only")
@@ -127,7 +166,6 @@ class Daemon:
             self.watcher.stop()
             if self.notifier is not None:
                 self.notifier.stop()
-            signal.set_wakeup_fd(-1)
             self.wakeup.close()
         logger.info("stopped")
         return 0
@@ -139,16 +177,16 @@ class Daemon:
         self._watching = self.watcher.healthy()
         self.liveness.ready(watching=self._watching)
         logger.bind(watching=self._watching).info("ready")
-        next_reconcile = time.monotonic() + self._rescan_interval(self._watching)
-        next_beat = time.monotonic() + self.liveness.interval_s
+        next_reconcile = self.clock() + self._rescan_interval(self._watching)
+        next_beat = self.clock() + self.liveness.interval_s
         while not self._stop_requested:
             dues = [
                 due
                 for due in (self.schedule.seconds_until_next(), self.consumer_checks.seconds_until_next())
                 if due is not None
             ]
-            wake_at = min(next_reconcile, next_beat, time.monotonic() + min(dues, default=3600.0))
-            self.wakeup.wait(wake_at - time.monotonic())
+            wake_at = min(next_reconcile, next_beat, self.clock() + min(dues, default=3600.0))
+            self.wakeup.wait(wake_at - self.clock())
             if self._stop_requested:
                 break
             if self.wakeup.mounts_changed:  # a bind mount may have replaced the source: look again
@@ -158,22 +196,22 @@ class Daemon:
             healthy = self.watcher.healthy()
             if self._watching and not healthy:
                 self._rescan_reason = self._rescan_reason or "the source folder is no longer watched"
-            reason = self._rescan_reason or ("periodic" if time.monotonic() >= next_reconcile else None)
+            reason = self._rescan_reason or ("periodic" if self.clock() >= next_reconcile else None)
             if reason is not None:
                 self._rescan_reason = None
                 healthy = self._ensure_watching()
                 if healthy:
                     self.reconcile(reason)
-                next_reconcile = time.monotonic() + self._rescan_interval(healthy)
+                next_reconcile = self.clock() + self._rescan_interval(healthy)
             for name in self.schedule.take_due():
                 self.handle(name)
             for name in self.consumer_checks.take_due():
                 self._check_consumer_side(name)
             self.pipeline.ledger.flush()
-            if time.monotonic() >= next_beat or healthy != self._watching:
+            if self.clock() >= next_beat or healthy != self._watching:
                 self._watching = healthy
                 self.liveness.beat(watching=self._watching)
-                next_beat = time.monotonic() + self.liveness.interval_s
+                next_beat = self.clock() + self.liveness.interval_s
 
     def _check_consumer_side(self, name: str) -> None:
         route = self.pipeline.routes.match(name)

@@ -8,10 +8,11 @@ import contextlib
 import os
 import secrets
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from credsync.check import Check
 from credsync.container_env import current_container_id
 from credsync.errors import CredsyncError, PublishError, SourceUnavailable
 from credsync.intake import SourceFolder
@@ -25,13 +26,6 @@ from credsync.publisher import (
 )
 from credsync.routes import RouteTable
 from credsync.settings import Settings
-
-
-@dataclass(frozen=True)
-class Check:
-    ok: bool
-    check: str
-    fix: str = ""
 
 
 def run_checks(settings: Settings, routes: RouteTable) -> list[Check]:

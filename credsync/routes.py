@@ -40,6 +40,10 @@ class Route:
 class RouteTable:
     def __init__(self, routes: list[Route]) -> None:
         self._by_upload = {route.upload: route for route in routes}
+        # Looked up for every upload: a scan of all routes made a burst to 1,000 routes quadratic.
+        self._by_destination: dict[Path, list[Route]] = {}
+        for route in self._by_upload.values():
+            self._by_destination.setdefault(route.destination, []).append(route)
 
     def __iter__(self) -> Iterator[Route]:
         return iter(self._by_upload.values())
@@ -59,7 +63,7 @@ class RouteTable:
 
     def sharing_destination(self, route: Route) -> list[Route]:
         """The other routes that publish to the same file (a login or a setup-token, say)."""
-        return [other for other in self if other.destination == route.destination and other is not route]
+        return [other for other in self._by_destination.get(route.destination, []) if other is not route]
 
 
 def near_miss(name: str, uploads: Iterable[str]) -> str | None:

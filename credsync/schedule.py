@@ -3,17 +3,21 @@ takes what is due. Pure logic apart from the clock, which tests replace."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable
 
-RETRY_CAP_S = 60.0
+from credsync.backoff import Random, retry_delay_s
 
 
 class Schedule:
-    def __init__(self, settle_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, settle_s: float, clock: Callable[[], float] = time.monotonic, rng: Random = random.random
+    ) -> None:
         self.settle_s = settle_s
         self._clock = clock
+        self._rng = rng
         self._due: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -31,11 +35,11 @@ class Schedule:
             self._due[name] = max(self._due.get(name, quiet_until), quiet_until)
 
     def retry(self, name: str) -> float:
-        """A publish failed (disk full, read-only...): try again with capped exponential backoff."""
+        """A publish failed (disk full, read-only...): try again after the backoff's delay."""
         with self._lock:
             failures = self._failures.get(name, 0) + 1
             self._failures[name] = failures
-            delay = min(RETRY_CAP_S, 0.5 * 2.0**failures)
+            delay = retry_delay_s(failures, self._rng)
             self._due[name] = self._clock() + delay
             return delay
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import stat
+from collections.abc import Callable
 from typing import Any
 
 from credsync.credential_health import claude_health
@@ -111,24 +112,32 @@ def render_text(report: dict[str, Any]) -> str:
     for item in report["routes"]:
         lines.append(f"{item['route']} → {item['destination']} ({item['kind']})")
         lines.append(f"  upload       {describe_upload(item['upload'])}")
-        published = item["published"]
         lines.append(
-            "  published    never"
-            if published is None
-            else f"  published    {relative(published['at_ms'], now)}, sha {published['sha256_prefix']}, "
-            f"{published['bytes']} bytes"
+            labelled(
+                "  published",
+                item["published"],
+                "never",
+                lambda at: f"{relative(at['at_ms'], now)}, sha {at['sha256_prefix']}, {at['bytes']} bytes",
+            )
         )
         lines.extend(describe_held(item["held"], now))
         change = item["consumer_change"]
         if change is not None:
             lines.append(f"  consumer     rewrote it {relative(change['at_ms'], now)} (sha {change['sha256_prefix']})")
-    note = report["notification"]
     lines.append(
-        "notification   none yet"
-        if note is None
-        else f"notification   {note['result']} {relative(note['at_ms'], now)} ({note['routes']})"
+        labelled(
+            "notification",
+            report["notification"],
+            "none yet",
+            lambda note: f"{note['result']} {relative(note['at_ms'], now)} ({note['routes']})",
+        )
     )
     return "\n".join(lines)
+
+
+def labelled(label: str, record: dict[str, Any] | None, missing: str, describe: Callable[[dict[str, Any]], str]) -> str:
+    """One aligned line: `label`, then what `record` says, or `missing` when there is none."""
+    return f"{label:<15}{missing if record is None else describe(record)}"
 
 
 def describe_upload(upload: dict[str, Any]) -> str:

@@ -12,10 +12,12 @@ from tests.helpers import Folders, WatchProcess, make_folders
 pytest_plugins = ["tests.docker_env", "tests.sshd", "tests.image_build"]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def running_as_root() -> None:
-    # Real chown to 1001 needs root; the README's test command runs the suite as root.
-    assert os.geteuid() == 0, "the test suite runs as root (real chown to UID 1001): use the README's test command"
+@pytest.fixture(autouse=True)
+def running_as_root(request: pytest.FixtureRequest) -> None:
+    """System tests (marked `system`) need root: real chown to 1001, a Docker Engine, sshd. The
+    rest (pure logic, and the daemon in-process on tmp_path) run as anyone: `pytest -m "not system"`."""
+    if request.node.get_closest_marker("system") is not None:
+        assert os.geteuid() == 0, "system tests run as root (real chown to UID 1001): use the README's test command"
 
 
 @pytest.fixture

@@ -31,6 +31,8 @@ from tests.helpers import (
     wait_until,
 )
 
+pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
+
 UPLOADER = 1000
 CONSUMER = 1001
 CREDENTIALS = ".credentials.json"

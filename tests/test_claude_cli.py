@@ -18,6 +18,8 @@ import pytest
 
 from tests.helpers import CANARY, Folders, assert_no_canary, claude_credentials, run_cli
 
+pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
+
 CLAUDE = Path("/opt/credsync-test/claude-code/node_modules/.bin/claude")
 NODE = 1000  # claude-hub's job runs claude as `node`
 TOKEN = "sk-ant-oat01-fake-" + "k" * 24 + CANARY

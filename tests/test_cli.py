@@ -6,8 +6,12 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from credsync import __version__
 from tests.helpers import Folders, aws_credentials, claude_credentials, run_cli
+
+pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
 
 
 def test_version_and_help() -> None:

@@ -1,6 +1,7 @@
 """The shipped deployment as Dokploy runs it: the image built from a clean clone with only the
 offline build arguments; `docker-compose.dokploy.yml` brought up under a Dokploy-style app name
 from a code folder with Dokploy's `.env`, as shipped and after the transformations Dokploy
+
 applies (Isolated Deployments, a domain); a real scp by an unprivileged user; a job container
 started the way claude-hub starts one."""
 
@@ -27,6 +28,8 @@ from credsync import __version__
 from tests.helpers import assert_no_canary, claude_credentials, sha12, wait_until
 from tests.image_build import OfflineBuild, clean_clone
 from tests.sshd import SshServer
+
+pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
 
 SIDECAR_IMAGE = "credsync:dokploy-test"
 CAP_CHOWN, CAP_DAC_OVERRIDE = 0, 1

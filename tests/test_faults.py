@@ -28,6 +28,8 @@ from tests import helpers
 from tests.docker_env import ConsumerFactory, Engine
 from tests.helpers import Folders, LogLine, WatchProcess, assert_published, claude_credentials, sha12, wait_until
 
+pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
+
 CREDENTIALS = ".credentials.json"
 TEMP_PREFIX, TEMP_SUFFIX = ".credsync.", ".tmp"
 CRASH_ROUNDS = 200

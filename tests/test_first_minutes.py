@@ -27,6 +27,8 @@ from tests.helpers import (
 )
 from tests.image_build import clean_clone
 
+pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
+
 OPERATOR = 1000
 # A login's environment: a plain PATH, and the machine's pip settings (its package index).
 OPERATOR_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", **{k: v for k, v in os.environ.items() if k.startswith("PIP_")}}

@@ -11,8 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from credsync import health_probe
 from tests.helpers import Folders, WatchProcess, claude_credentials, run_cli, wait_until
+
+pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
 
 
 def health(folders: Folders) -> tuple[int, str]:

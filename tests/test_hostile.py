@@ -42,6 +42,8 @@ from tests.helpers import (
     wait_until,
 )
 
+pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
+
 CREDENTIALS = ".credentials.json"
 KIB = 1024
 MAX_BYTES = 1 << 20

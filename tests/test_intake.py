@@ -74,6 +74,7 @@ def test_socket_is_refused(tmp_path: Path) -> None:
         server.close()
 
 
+@pytest.mark.system  # mknod needs root
 def test_device_node_is_refused(tmp_path: Path) -> None:
     os.mknod(tmp_path / "f", 0o600 | 0o020000, os.makedev(1, 3))  # a character device: /dev/null
     assert "character device" in rejection(tmp_path, "f")

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.helpers import CANARY, Folders, WatchProcess, assert_no_canary, claude_credentials, run_cli, sha12
 
+pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
 TOKEN = "sk-ant-oat01-fake-" + "s" * 24 + CANARY
 
 

@@ -28,6 +28,8 @@ from tests.helpers import (
     wait_until,
 )
 
+pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
+
 FAST_NOTIFY = ["--settle-ms=50", "--debounce-ms=200", "--notify-grace-ms=300"]
 
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from credsync.backoff import CAP_S
 from credsync.container_env import own_container_id
 from credsync.errors import ConfigError
 from credsync.health_probe import HEALTH_FILE, Unhealthy, check_health, format_record
 from credsync.notify.notifier import describe_batch, redact_url
-from credsync.notify.pending import RETRY_CAP_S, Pending
+from credsync.notify.pending import Pending
 from credsync.notify.procstatus import parse_status, receiver_verdict
 from credsync.notify.target_cache import STARTUP_S, concerns, settled
 from credsync.notify.targets import TargetSpec, parse_target
@@ -47,14 +48,14 @@ def test_a_never_ending_burst_is_sent_after_the_maximum_wait() -> None:
 
 def test_failures_back_off_and_newer_changes_win() -> None:
     clock = FakeClock()
-    pending = Pending(0.0, 0.0, clock)
+    pending = Pending(0.0, 0.0, clock, rng=lambda: 0.5)  # the middle of the jitter: the plain delays
     pending.add("a", "old")
     batch = pending.take()
     pending.add("a", "new")
     delays = [pending.failed(batch)]
     assert pending.changes == {"a": "new"} and pending.due_at() == pytest.approx(clock.now + 1.0)
     delays += [pending.failed({}) for _ in range(8)]
-    assert delays[:3] == [1.0, 2.0, 4.0] and delays[-1] == RETRY_CAP_S
+    assert delays[:3] == [1.0, 2.0, 4.0] and delays[-1] == CAP_S
     pending.delivered()
     assert pending.due_at() == pytest.approx(clock.now)
 

@@ -16,6 +16,8 @@ import pytest
 from tests.docker_env import ConsumerFactory
 from tests.helpers import CANARY, Folders, WatchProcess, claude_credentials, run_cli, wait_until
 
+pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
+
 HOUR_MS = 3_600_000
 
 

@@ -13,6 +13,8 @@ import pytest
 from credsync.errors import PublishError
 from credsync.publisher import keep_private_copy, read_current, remove_stale_temps, write_atomically
 
+pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
+
 
 def test_bytes_owner_and_mode(tmp_path: Path) -> None:
     target = tmp_path / ".credentials.json"

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from credsync.backoff import CAP_S, JITTER, retry_delay_s
 from credsync.decide import Action, decide
 from credsync.errors import ConfigError
 from credsync.routes import is_rsync_temp, kind_for_filename, load_routes
-from credsync.schedule import RETRY_CAP_S, Schedule
+from credsync.schedule import Schedule
 from credsync.settings import Settings, load_settings
 from tests.helpers import FakeClock
 
@@ -210,9 +211,9 @@ def test_schedule_activity_never_brings_a_read_forward() -> None:
 
 def test_schedule_retries_with_capped_backoff() -> None:
     clock = FakeClock()
-    schedule = Schedule(0.0, clock)
+    schedule = Schedule(0.0, clock, rng=lambda: 0.5)  # the middle of the jitter: the plain delays
     delays = [schedule.retry("a") for _ in range(10)]
-    assert delays[:3] == [1.0, 2.0, 4.0] and delays[-1] == RETRY_CAP_S
+    assert delays[:3] == [1.0, 2.0, 4.0] and delays[-1] == CAP_S
     schedule.succeeded("a")
     assert schedule.retry("a") == 1.0
 
@@ -224,3 +225,11 @@ def test_a_decision_asks_whether_the_destination_parses_only_when_that_decides()
     assert decide("new", "old", "consumer", never) is Action.PUBLISH
     assert decide("same", "same", "same", never) is Action.UNCHANGED
     assert decide("same", "same", None, never) is Action.REPAIR
+
+
+def test_retries_are_spread_by_the_jitter_and_stay_under_the_cap() -> None:
+    assert retry_delay_s(1, lambda: 0.0) == pytest.approx(1.0 - JITTER)
+    assert retry_delay_s(1, lambda: 0.999999) == pytest.approx(1.0 + JITTER, rel=1e-5)
+    assert retry_delay_s(40, lambda: 0.5) == CAP_S  # no overflow, however long it keeps failing
+    spread = {round(retry_delay_s(3), 6) for _ in range(50)}
+    assert len(spread) > 1 and all(4 * (1 - JITTER) <= delay <= 4 * (1 + JITTER) for delay in spread)

@@ -28,6 +28,8 @@ from tests.helpers import (
 )
 from tests.sshd import SshServer
 
+pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
+
 TOKEN = "sk-ant-oat01-fake-" + "t" * 24 + CANARY
 TIMEOUT_S = 20
 

@@ -11,6 +11,8 @@ import pytest
 
 from credsync.safe_paths import describe_folder_error, open_folder, open_subfolders
 
+pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
+
 
 def test_a_real_folder_is_opened(tmp_path: Path) -> None:
     (tmp_path / "a" / "b").mkdir(parents=True)

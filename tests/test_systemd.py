@@ -23,6 +23,8 @@ from tests.docker_env import REPO
 from tests.helpers import CANARY, claude_credentials, sha12
 from tests.image_build import OfflineBuild, clean_clone
 
+pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
+
 SYSTEMD_IMAGE = "credsync-systemd:bookworm"
 APPS = ("claude-hub-x7k2qa", "claude-hub-m3p9zt")
 UPLOADER = 1000

@@ -17,7 +17,7 @@ from credsync.daemon import WRITE_BACKSTOP_S
 from tests.helpers import Folders, WatchProcess, assert_published, aws_credentials, claude_credentials, sha12
 from tests.sshd import SshServer
 
-pytestmark = [pytest.mark.transfer, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.system, pytest.mark.transfer, pytest.mark.timeout(120)]
 
 CLAUDE_ROUTE = ".credentials.json"
 AWS_ROUTE = "aws/credentials"

@@ -11,6 +11,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
+
 from tests.helpers import (
     Folders,
     WatchProcess,
@@ -20,6 +22,8 @@ from tests.helpers import (
     sha12,
     wait_until,
 )
+
+pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
 
 
 def test_an_upload_is_published_with_owner_mode_and_hash_in_the_log(folders: Folders, watch: WatchProcess) -> None:

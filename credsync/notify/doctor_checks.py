@@ -9,11 +9,11 @@ from pathlib import Path
 import docker
 from docker.models.containers import Container
 
+from credsync.check import Check
 from credsync.container_env import current_container_id
-from credsync.doctor import Check
 from credsync.notify.notifier import describe, redact_url
 from credsync.notify.proc_readers import reader_for
-from credsync.notify.procstatus import ProcReadError, receiver_verdict
+from credsync.notify.procstatus import NO_HANDLER_FIX, ProcReadError, receiver_verdict
 from credsync.notify.targets import own_compose_project, parse_target, resolve
 from credsync.settings import Settings
 
@@ -82,10 +82,9 @@ def signal_check(container: Container, settings: Settings) -> Check:
         )
     if verdict.catches:
         return Check(True, what + verdict.explanation)
-    fix = "set CREDSYNC_NOTIFY=exec or http, or give the consumer a handler"
     if settings.notify == "auto":
         return Check(True, what + verdict.explanation + "; auto mode publishes without signalling")
-    return Check(False, what + verdict.explanation, fix)
+    return Check(False, what + verdict.explanation, NO_HANDLER_FIX)
 
 
 def host_path_checks(client: docker.DockerClient, settings: Settings, own: Container | None) -> list[Check]:

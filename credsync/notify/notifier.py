@@ -22,7 +22,7 @@ from credsync.events import Events
 from credsync.hashes import short_hash
 from credsync.notify.delivery import DeliveryFailed, Snapshot, post_http, run_exec, send_signal, verify_survived
 from credsync.notify.pending import Pending
-from credsync.notify.procstatus import ProcReadError
+from credsync.notify.procstatus import NO_HANDLER_FIX, ProcReadError
 from credsync.notify.target_cache import Target, TargetCache
 from credsync.notify.targets import TargetSpec, own_compose_project, parse_target
 from credsync.notify_record import write_notification
@@ -322,7 +322,7 @@ class Notifier:
 
     def _refuse_signal(self, before: Snapshot, explanation: str) -> Delivery:
         """Never send a signal the receiver does not catch: it is ignored or it kills the consumer."""
-        fix = "set CREDSYNC_NOTIFY=exec or http, or give the consumer a handler"
+        fix = NO_HANDLER_FIX
         key = ("skip", before.container_id, before.started_at)
         if self.mode == "auto":
             self._say_once(

@@ -1,13 +1,13 @@
 """The notification waiting to be sent: which routes changed, when it is due (debounce with a
-maximum wait) and when to retry after a failure (capped backoff). Pure logic."""
+maximum wait) and when to retry after a failure (credsync.backoff). Pure logic."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-RETRY_FIRST_S = 1.0
-RETRY_CAP_S = 30.0
+from credsync.backoff import Random, retry_delay_s
 
 
 @dataclass
@@ -15,6 +15,7 @@ class Pending:
     quiet_s: float
     max_wait_s: float
     clock: Callable[[], float]
+    rng: Random = random.random
     changes: dict[str, str] = field(default_factory=dict)  # route → content hash
     failures: int = 0
     _first_at: float = 0.0
@@ -46,7 +47,7 @@ class Pending:
             self._first_at = self._last_at = now
         self.changes = {**batch, **self.changes}
         self.failures += 1
-        delay = min(RETRY_CAP_S, RETRY_FIRST_S * 2.0 ** (self.failures - 1))
+        delay = retry_delay_s(self.failures, self.rng)
         self._retry_at = now + delay
         return delay
 

@@ -10,6 +10,8 @@ from typing import Protocol
 DEFAULT_IGNORED = frozenset({signal.SIGWINCH, signal.SIGCHLD, signal.SIGURG, signal.SIGCONT})
 # Inits that forward signals to their child instead of handling them (tini is docker-init).
 FORWARDING_INITS = frozenset({"docker-init", "tini", "dumb-init", "catatonit"})
+# What to do when the receiver has no handler: said by the notifier and by the doctor.
+NO_HANDLER_FIX = "set CREDSYNC_NOTIFY=exec or http, or give the consumer a handler"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,172 @@
+"""The daemon's loop in-process and unprivileged: a watcher the test drives, a clock it moves,
+the real pipeline publishing on tmp_path (owned by whoever runs the tests). Every wait here
+awaits an outcome the loop reports; the clock, not the wall, decides when an upload is due."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from loguru import logger
+
+from credsync.daemon import WRITE_BACKSTOP_S, Daemon
+from credsync.events import Events
+from credsync.health import Liveness, SystemdEnvironment
+from credsync.health_probe import Unhealthy, check_health
+from credsync.ledger import Ledger
+from credsync.pipeline import Pipeline
+from credsync.routes import load_routes
+from credsync.settings import Settings, load_settings
+from credsync.watcher import Callbacks
+from tests.helpers import FakeClock, claude_credentials, wait_until
+
+CREDENTIALS = ".credentials.json"
+# Settle 0: the intake's own settle check compares the upload's ctime with the wall clock, which
+# a fake clock cannot move; the loop's timing is shown by the write backstop instead.
+SETTLE_S = 0.0
+OUTCOME_TIMEOUT_S = 10.0
+
+
+class FakeWatcher:
+    """Reports what the test tells it to; healthy until told otherwise."""
+
+    def __init__(self, callbacks: Callbacks) -> None:
+        self.callbacks = callbacks
+        self.starts = 0
+        self.watching = False
+
+    def start(self) -> None:
+        self.starts += 1
+        self.watching = True
+
+    def stop(self) -> None:
+        self.watching = False
+
+    def healthy(self) -> bool:
+        return self.watching
+
+
+@dataclass
+class Loop:
+    settings: Settings
+    daemon: Daemon
+    clock: FakeClock
+    published: queue.Queue[tuple[str, str]] = field(default_factory=queue.Queue)
+    said: queue.Queue[str] = field(default_factory=queue.Queue)
+
+    @property
+    def watcher(self) -> FakeWatcher:
+        assert isinstance(self.daemon.watcher, FakeWatcher)
+        return self.daemon.watcher
+
+    def upload(self, name: str, data: bytes) -> None:
+        (self.settings.source / name).write_bytes(data)
+
+    def advance(self, seconds: float) -> None:
+        self.clock.now += seconds
+        self.daemon.wakeup.poke()
+
+    def next_publication(self) -> tuple[str, str]:
+        return self.published.get(timeout=OUTCOME_TIMEOUT_S)
+
+    def next_said(self, message: str) -> None:
+        while self.said.get(timeout=OUTCOME_TIMEOUT_S) != message:
+            pass
+
+
+@pytest.fixture
+def loop(tmp_path: Path) -> Iterator[Loop]:
+    for folder in ("uploads", "claude"):
+        (tmp_path / folder).mkdir(mode=0o700)
+    settings = load_settings(
+        {
+            "source": tmp_path / "uploads",
+            "claude_dir": tmp_path / "claude",
+            "state_dir": tmp_path / "state",
+            "owner": f"{os.getuid()}:{os.getgid()}",
+            "settle_ms": int(SETTLE_S * 1000),
+        }
+    )
+    events = Events()
+    pipeline = Pipeline(settings, load_routes(settings), Ledger(settings.state_dir), events=events)
+    clock = FakeClock()
+    liveness = Liveness(settings.state_dir, SystemdEnvironment(), events)
+    daemon = Daemon(pipeline, None, liveness, watcher=FakeWatcher, clock=clock)
+    running = Loop(settings, daemon, clock)
+    pipeline.on_published = lambda route, sha256: running.published.put((route, sha256))
+    sink = logger.add(lambda message: running.said.put(message.record["message"]), level="DEBUG")
+    thread = threading.Thread(target=daemon.serve, name="daemon-under-test")
+    thread.start()
+    try:
+        wait_until(lambda: is_healthy(settings.state_dir), timeout=OUTCOME_TIMEOUT_S)
+        yield running
+    finally:
+        daemon.stop()
+        thread.join(OUTCOME_TIMEOUT_S)
+        logger.remove(sink)
+    assert not thread.is_alive(), "the loop did not stop"
+
+
+def is_healthy(state_dir: Path) -> bool:
+    try:
+        return check_health(str(state_dir)).startswith("healthy")
+    except Unhealthy:
+        return False
+
+
+def test_a_closed_upload_is_published(loop: Loop) -> None:
+    data = claude_credentials(serial=1)
+    loop.upload(CREDENTIALS, data)
+    loop.watcher.callbacks.ready(CREDENTIALS)
+    route, _ = loop.next_publication()
+    destination = loop.settings.claude_dir / CREDENTIALS
+    assert route == CREDENTIALS and destination.read_bytes() == data
+    assert stat.S_IMODE(destination.stat().st_mode) == 0o600
+
+
+def test_a_write_that_never_closes_is_read_by_the_backstop(loop: Loop) -> None:
+    """Hard links and held-open files give no close: the write itself arms a later read."""
+    data = claude_credentials(serial=2)
+    loop.upload(CREDENTIALS, data)
+    loop.watcher.callbacks.writing(CREDENTIALS)
+    loop.advance(WRITE_BACKSTOP_S / 2)
+    assert loop.published.empty(), "read before the backstop was due on the clock"
+    loop.advance(WRITE_BACKSTOP_S / 2)
+    assert loop.next_publication()[0] == CREDENTIALS
+    assert (loop.settings.claude_dir / CREDENTIALS).read_bytes() == data
+
+
+def test_a_closed_broken_upload_is_rejected_at_once_not_left_incomplete(loop: Loop) -> None:
+    loop.upload(CREDENTIALS, b'{"claudeAiOauth": {"accessToken": ')
+    loop.watcher.callbacks.ready(CREDENTIALS)
+    loop.next_said("rejected")
+    assert not (loop.settings.claude_dir / CREDENTIALS).exists()
+
+
+def test_a_lost_watch_is_restarted_and_the_rescan_publishes_what_came_meanwhile(loop: Loop) -> None:
+    data = claude_credentials(serial=3)
+    loop.watcher.watching = False  # the folder was swapped: nothing was reported for this upload
+    loop.upload(CREDENTIALS, data)
+    loop.watcher.callbacks.lost("the source folder was replaced")
+    assert loop.next_publication()[0] == CREDENTIALS
+    assert loop.watcher.starts == 2 and loop.watcher.watching
+    assert (loop.settings.claude_dir / CREDENTIALS).read_bytes() == data
+
+
+def test_a_second_upload_to_the_same_route_replaces_the_first_and_keeps_it_private(loop: Loop) -> None:
+    first, second = claude_credentials(serial=4), claude_credentials(serial=5)
+    for data in (first, second):
+        loop.upload(CREDENTIALS, data)
+        loop.watcher.callbacks.ready(CREDENTIALS)
+        loop.next_said("published")  # said after the replaced version is kept, unlike the hook
+    assert (loop.settings.claude_dir / CREDENTIALS).read_bytes() == second
+    kept = loop.settings.state_dir / "previous" / CREDENTIALS
+    assert json.loads(kept.read_bytes()) == json.loads(first)
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
