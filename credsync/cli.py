@@ -26,17 +26,17 @@ from credsync.errors import (
     UploadUnsettled,
     printable,
 )
-from credsync.events import Events
-from credsync.health import Liveness, SystemdEnvironment
 from credsync.health_probe import Unhealthy, check_health
 from credsync.intake import read_upload
 from credsync.ledger import Ledger
+from credsync.liveness import Liveness, SystemdEnvironment
 from credsync.logs import configure_logging, stderr_is_journal
 from credsync.pipeline import Outcome, Pipeline, Result
 from credsync.publisher import ensure_private_folder, remove_stale_temps
 from credsync.routes import KINDS, Kind, kind_for_filename, load_routes
 from credsync.settings import Settings, load_settings
 from credsync.state_lock import hold_state_lock
+from credsync.tally import Tally
 from credsync.timefmt import now_ms
 from credsync.validators import kind_from_content, validate
 
@@ -151,7 +151,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def prepare(settings: Settings, *, dry_run: bool, events: Events | None = None) -> Pipeline:
+def prepare(settings: Settings, *, dry_run: bool, tally: Tally | None = None) -> Pipeline:
     """Routes, state folder, ledger; and temp files a crash left in destination folders."""
     routes = load_routes(settings)
     if not dry_run:
@@ -159,7 +159,7 @@ def prepare(settings: Settings, *, dry_run: bool, events: Events | None = None) 
         state_folders = {settings.state_dir, settings.state_dir / "previous"}
         for path in remove_stale_temps(routes.destination_dirs() | state_folders):
             logger.bind(path=str(path)).info("removed a temp file left by an interrupted publish")
-    return Pipeline(settings, routes, Ledger(settings.state_dir), dry_run=dry_run, events=events)
+    return Pipeline(settings, routes, Ledger(settings.state_dir), dry_run=dry_run, tally=tally)
 
 
 def run_watch(args: argparse.Namespace) -> int:
@@ -171,11 +171,11 @@ def run_watch(args: argparse.Namespace) -> int:
     except CredsyncError as error:
         logger.error(error.reason)
         return EXIT_USAGE
-    events, server = start_metrics(settings)
+    tally, server = start_metrics(settings)
     try:
-        pipeline = prepare(settings, dry_run=False, events=events)
-        notifier = build_notifier(settings, events, pipeline.notification_outcome)
-        return Daemon(pipeline, notifier, Liveness(settings.state_dir, SystemdEnvironment(), events)).run()
+        pipeline = prepare(settings, dry_run=False, tally=tally)
+        notifier = build_notifier(settings, tally, pipeline.notification_outcome)
+        return Daemon(pipeline, notifier, Liveness(settings.state_dir, SystemdEnvironment(), tally)).run()
     except CredsyncError as error:
         logger.error(error.reason)
         return EXIT_USAGE
@@ -184,20 +184,20 @@ def run_watch(args: argparse.Namespace) -> int:
             server.shutdown()
 
 
-def start_metrics(settings: Settings) -> tuple[Events, ThreadingHTTPServer | None]:
+def start_metrics(settings: Settings) -> tuple[Tally, ThreadingHTTPServer | None]:
     """Counting and serving only when CREDSYNC_HTTP asks for it (prometheus-client costs start-up time)."""
     if settings.http is None:
-        return Events(), None
-    from credsync.metrics import PrometheusEvents, serve
+        return Tally(), None
+    from credsync.metrics import PrometheusTally, serve
 
-    events = PrometheusEvents(route.upload for route in load_routes(settings))
+    tally = PrometheusTally(route.upload for route in load_routes(settings))
     host, port = settings.http
     try:
-        server = serve(events, host, port)
+        server = serve(tally, host, port)
     except OSError as error:
         raise ConfigError(f"CREDSYNC_HTTP {host}:{port}: {error.strerror}") from None
     logger.bind(http=f"{host}:{port}").info("serving /healthz and /metrics")
-    return events, server
+    return tally, server
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -256,14 +256,14 @@ def run_sync(args: argparse.Namespace) -> int:
 
 
 def build_notifier(
-    settings: Settings, events: Events | None = None, listener: OutcomeListener | None = None
+    settings: Settings, tally: Tally | None = None, listener: OutcomeListener | None = None
 ) -> Notifier | None:
     """None when there is no one to tell: then the Docker SDK is never imported (time, memory)."""
     if not settings.notifies:
         return None
     from credsync.notify import Notifier
 
-    return Notifier(settings, events, listener)
+    return Notifier(settings, tally, listener)
 
 
 def notify_now(pipeline: Pipeline, changed: dict[str, str], *, dry_run: bool) -> bool:

@@ -9,20 +9,20 @@ import hashlib
 from loguru import logger
 
 from credsync.credential_health import claude_health
-from credsync.events import Events
 from credsync.hashes import short_hash
 from credsync.ledger import Ledger
 from credsync.publisher import read_current
 from credsync.routes import Route
 from credsync.settings import Settings
+from credsync.tally import Tally
 from credsync.timefmt import now_ms
 
 
 class ConsumerView:
-    def __init__(self, settings: Settings, ledger: Ledger, events: Events) -> None:
+    def __init__(self, settings: Settings, ledger: Ledger, tally: Tally) -> None:
         self.settings = settings
         self.ledger = ledger
-        self.events = events
+        self.tally = tally
         self._said: set[tuple[str, str, str]] = set()
 
     def assess(self, route: Route, data: bytes) -> None:
@@ -32,11 +32,11 @@ class ConsumerView:
         health = claude_health(data)
         if health is None:
             return
-        self.events.credential(route.upload, health.access_expires_ms, health.refresh_expires_ms)
+        self.tally.credential(route.upload, health.access_expires_ms, health.refresh_expires_ms)
         problems = health.problems(
             now_ms(), self.settings.expiry_warn_hours * 3_600_000, self.settings.consumer_refreshes
         )
-        self.events.needs_login(route.upload, bool(problems))
+        self.tally.needs_login(route.upload, bool(problems))
         sha = short_hash(hashlib.sha256(data).hexdigest())
         for problem in problems:
             key = (route.upload, sha, problem.code)
@@ -60,7 +60,7 @@ class ConsumerView:
         if sha in (entry.sha256, entry.consumer_sha256):
             return  # credsync's own publication, or a change already recorded
         self.ledger.record_consumer_change(route.upload, sha, now_ms())
-        self.events.consumer_rewrite(route.upload)
+        self.tally.consumer_rewrite(route.upload)
         logger.bind(route=route.upload, sha=short_hash(sha)).info(
             "consumer rewrote the published file; credsync keeps its version until the next upload"
         )

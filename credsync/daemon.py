@@ -16,7 +16,7 @@ from loguru import logger
 
 from credsync.errors import SourceUnavailable, printable
 from credsync.hashes import short_hash
-from credsync.health import Liveness
+from credsync.liveness import Liveness
 from credsync.pipeline import Outcome, Pipeline
 from credsync.schedule import Schedule
 from credsync.watcher import Callbacks, Watcher

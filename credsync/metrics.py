@@ -25,12 +25,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from credsync import __version__
 from credsync.errors import REJECTION_CODES
-from credsync.events import Events
+from credsync.tally import Tally
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-class PrometheusEvents(Events):
+class PrometheusTally(Tally):
     def __init__(self, routes: Iterable[str] = ()) -> None:
         """`routes`: every route's counters start at zero, so a rate() has a first sample."""
         self.registry = CollectorRegistry()
@@ -148,7 +148,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             self._slots.release()
 
 
-def serve(events: PrometheusEvents, host: str, port: int) -> ThreadingHTTPServer:
+def serve(tally: PrometheusTally, host: str, port: int) -> ThreadingHTTPServer:
     """Start the listener in a daemon thread; the caller shuts it down."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -163,9 +163,9 @@ def serve(events: PrometheusEvents, host: str, port: int) -> ThreadingHTTPServer
         def _answer(self, *, send_body: bool) -> None:
             path = urlsplit(self.path).path
             if path == "/metrics":
-                self._reply(200, generate_latest(events.registry), CONTENT_TYPE_LATEST, send_body)
+                self._reply(200, generate_latest(tally.registry), CONTENT_TYPE_LATEST, send_body)
             elif path == "/healthz":
-                healthy = events.healthy
+                healthy = tally.healthy
                 self._reply(200 if healthy else 503, b"ok\n" if healthy else b"not ready\n", "text/plain", send_body)
             else:
                 self._reply(404, b"not found\n", "text/plain", send_body)

@@ -19,7 +19,6 @@ from loguru import logger
 from credsync.consumer_view import ConsumerView
 from credsync.decide import Action, decide
 from credsync.errors import PublishError, Rejection, SourceUnavailable, UploadMissing, UploadUnsettled, printable
-from credsync.events import Events
 from credsync.hashes import short_hash
 from credsync.intake import SourceFolder, Upload
 from credsync.ledger import Entry, Ledger
@@ -29,6 +28,7 @@ from credsync.routes import Route, RouteTable, is_rsync_temp, near_miss
 from credsync.safe_paths import open_subfolders
 from credsync.settings import Settings
 from credsync.setup_token import parse_setup_token, render_credentials
+from credsync.tally import Tally
 from credsync.timefmt import now_ms
 from credsync.validators import CredentialSummary, is_sound, validate
 
@@ -106,15 +106,15 @@ class Pipeline:
         ledger: Ledger,
         *,
         dry_run: bool = False,
-        events: Events | None = None,
+        tally: Tally | None = None,
     ) -> None:
         self.settings = settings
         self.routes = routes
         self.ledger = ledger
         self.dry_run = dry_run
-        self.events = events or Events()
+        self.tally = tally or Tally()
         self.source = SourceFolder(settings.source, settings.source_owner)
-        self.consumer = ConsumerView(settings, ledger, self.events)
+        self.consumer = ConsumerView(settings, ledger, self.tally)
         self.receipts = Receipts(settings.receipts_dir) if settings.receipts_dir and not dry_run else None
         self._last_logged: dict[str, tuple[Outcome, str]] = {}
         self._ignored: set[str] = set(routes.upload_folders())  # folders are not uploads: never logged
@@ -180,7 +180,7 @@ class Pipeline:
                 self._remember(route, content)
                 self._repair_owner_and_mode(route, content)
         except PublishError as error:
-            failed = partial(self.events.publish_failed, route.upload)
+            failed = partial(self.tally.publish_failed, route.upload)
             return self._report(
                 route, Outcome.FAILED, upload.sha256, error.reason, level="ERROR", count=failed, content=content
             )
@@ -190,7 +190,7 @@ class Pipeline:
             result = self._report(route, outcome, upload.sha256, reason, level="WARNING", content=content)
         else:
             if outcome in (Outcome.PUBLISHED, Outcome.REPAIRED) and not self.dry_run:
-                self.events.published(route.upload, outcome.value, (time.time_ns() - upload.changed_ns) / 1e9)
+                self.tally.published(route.upload, outcome.value, (time.time_ns() - upload.changed_ns) / 1e9)
             self._log_warnings(route, upload, summary)
             result = self._report(
                 route, outcome, upload.sha256, "", level="INFO", size=len(upload.data), content=content
@@ -220,7 +220,7 @@ class Pipeline:
         return None
 
     def _reject(self, route: Route, sha256: str, rejection: Rejection) -> Result:
-        counted = partial(self.events.rejected, route.upload, rejection.code)
+        counted = partial(self.tally.rejected, route.upload, rejection.code)
         return self._report(
             route, Outcome.REJECTED, sha256, rejection.reason, level="WARNING", count=counted, code=rejection.code
         )

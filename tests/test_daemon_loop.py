@@ -17,13 +17,13 @@ import pytest
 from loguru import logger
 
 from credsync.daemon import WRITE_BACKSTOP_S, Daemon
-from credsync.events import Events
-from credsync.health import Liveness, SystemdEnvironment
 from credsync.health_probe import Unhealthy, check_health
 from credsync.ledger import Ledger
+from credsync.liveness import Liveness, SystemdEnvironment
 from credsync.pipeline import Pipeline
 from credsync.routes import load_routes
 from credsync.settings import Settings, load_settings
+from credsync.tally import Tally
 from credsync.watcher import Callbacks
 from tests.helpers import FakeClock, claude_credentials, wait_until
 
@@ -94,10 +94,10 @@ def loop(tmp_path: Path) -> Iterator[Loop]:
             "settle_ms": int(SETTLE_S * 1000),
         }
     )
-    events = Events()
-    pipeline = Pipeline(settings, load_routes(settings), Ledger(settings.state_dir), events=events)
+    tally = Tally()
+    pipeline = Pipeline(settings, load_routes(settings), Ledger(settings.state_dir), tally=tally)
     clock = FakeClock()
-    liveness = Liveness(settings.state_dir, SystemdEnvironment(), events)
+    liveness = Liveness(settings.state_dir, SystemdEnvironment(), tally)
     daemon = Daemon(pipeline, None, liveness, watcher=FakeWatcher, clock=clock)
     running = Loop(settings, daemon, clock)
     pipeline.on_published = lambda route, sha256: running.published.put((route, sha256))

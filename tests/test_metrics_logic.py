@@ -13,7 +13,7 @@ from prometheus_client import generate_latest
 
 from credsync import __version__
 from credsync.errors import REJECTION_CODES
-from credsync.metrics import PrometheusEvents, serve
+from credsync.metrics import PrometheusTally, serve
 
 PACKAGE = Path(__file__).resolve().parent.parent / "credsync"
 
@@ -24,7 +24,7 @@ def test_every_rejection_code_the_code_raises_is_listed() -> None:
 
 
 def test_counters_start_at_zero_for_every_route_and_code() -> None:
-    text = generate_latest(PrometheusEvents([".credentials.json", "aws/config"]).registry).decode()
+    text = generate_latest(PrometheusTally([".credentials.json", "aws/config"]).registry).decode()
     for code in REJECTION_CODES:
         assert f'credsync_rejections_total{{reason="{code}",route="aws/config"}} 0.0' in text
     assert 'credsync_publications_total{outcome="published",route=".credentials.json"} 0.0' in text
@@ -45,7 +45,7 @@ def free_port() -> int:
 
 def test_the_listener_answers_head_and_ignores_query_strings() -> None:
     port = free_port()
-    server = serve(PrometheusEvents(), "127.0.0.1", port)
+    server = serve(PrometheusTally(), "127.0.0.1", port)
     try:
         head = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", method="HEAD")
         with urllib.request.urlopen(head, timeout=5) as reply:  # noqa: S310 - http to 127.0.0.1

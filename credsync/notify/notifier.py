@@ -18,7 +18,6 @@ import requests
 from loguru import logger
 
 from credsync.errors import ConfigError, printable
-from credsync.events import Events
 from credsync.hashes import short_hash
 from credsync.notify.delivery import DeliveryFailed, Snapshot, post_http, run_exec, send_signal, verify_survived
 from credsync.notify.pending import Pending
@@ -27,6 +26,7 @@ from credsync.notify.target_cache import Target, TargetCache
 from credsync.notify.targets import TargetSpec, own_compose_project, parse_target
 from credsync.notify_record import write_notification
 from credsync.settings import Settings
+from credsync.tally import Tally
 
 
 class Delivery(IntEnum):
@@ -75,12 +75,10 @@ class Attempt:
 
 
 class Notifier:
-    def __init__(
-        self, settings: Settings, events: Events | None = None, listener: OutcomeListener | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, tally: Tally | None = None, listener: OutcomeListener | None = None) -> None:
         """`listener(routes, outcome)` hears every final outcome (delivered, skipped, failed)."""
         self.settings = settings
-        self.events = events or Events()
+        self.tally = tally or Tally()
         self.listener = listener
         self.mode = settings.notify
         self.spec: TargetSpec | None = parse_target(settings.notify_target) if settings.notify_target else None
@@ -119,7 +117,7 @@ class Notifier:
         """A destination changed: notify after the debounce. Never blocks on Docker."""
         with self._changed:
             self._pending.add(route, sha256)
-            self.events.pending_notifications(len(self._pending.changes))
+            self.tally.pending_notifications(len(self._pending.changes))
             self._changed.notify()
 
     def _poke(self) -> None:
@@ -147,7 +145,7 @@ class Notifier:
                 delay = self._pending.failed(dict(batch))
                 logger.bind(retry_in_s=delay, routes=describe_batch(batch)).debug("notification pending")
                 self._changed.notify()
-            self.events.pending_notifications(len(self._pending.changes))
+            self.tally.pending_notifications(len(self._pending.changes))
 
     def _next_batch(self) -> dict[str, str] | None:
         """Waits (holding the condition) for a due batch; {} when the target should be looked
@@ -219,7 +217,7 @@ class Notifier:
             else:
                 logger.bind(**sent.fields, routes=describe_batch(batch)).info("notified")
         with self._recording:
-            self.events.notification(outcome.name.lower())
+            self.tally.notification(outcome.name.lower())
             write_notification(self.settings.state_dir, outcome.name.lower(), describe_batch(batch))
             if self.listener is not None and outcome is not Delivery.PENDING:
                 self.listener(list(batch), outcome.name.lower())

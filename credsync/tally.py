@@ -5,7 +5,7 @@ means the daemon never imports prometheus-client unless it serves metrics."""
 from __future__ import annotations
 
 
-class Events:
+class Tally:
     def published(self, route: str, outcome: str, latency_s: float) -> None:
         """A destination changed (`published` or `repaired`); latency from the upload's last write."""
 

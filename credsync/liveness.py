@@ -13,9 +13,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from credsync.errors import PublishError, one_line
-from credsync.events import Events
 from credsync.health_probe import HEALTH_FILE, format_record
 from credsync.publisher import keep_private_copy
+from credsync.tally import Tally
 
 HEARTBEAT_S = 30.0
 
@@ -48,9 +48,9 @@ class SystemdNotify:
 class Liveness:
     """The daemon reports here; this writes the health file and talks to systemd."""
 
-    def __init__(self, state_dir: Path, systemd: SystemdEnvironment, events: Events) -> None:
+    def __init__(self, state_dir: Path, systemd: SystemdEnvironment, tally: Tally) -> None:
         self.health_path = state_dir / HEALTH_FILE
-        self.events = events
+        self.tally = tally
         watchdog_applies = systemd.watchdog_usec is not None and systemd.watchdog_pid in (None, os.getpid())
         self.systemd = SystemdNotify(systemd.notify_socket) if systemd.notify_socket else None
         self.interval_s = HEARTBEAT_S
@@ -72,7 +72,7 @@ class Liveness:
             self.systemd.send("WATCHDOG=1")  # the loop is alive; a lost watcher shows in STATUS and health
 
     def _write_health(self, watching: bool) -> None:
-        self.events.health(ready=self._ready, watching=watching)
+        self.tally.health(ready=self._ready, watching=watching)
         record = format_record(
             os.getpid(),
             ready=self._ready,
@@ -88,7 +88,7 @@ class Liveness:
             self.systemd.send(f"STATUS={one_line(text)}")
 
     def stopping(self) -> None:
-        self.events.health(ready=False, watching=False)
+        self.tally.health(ready=False, watching=False)
         if self.systemd is not None:
             self.systemd.send("STOPPING=1")
             self.systemd.close()
