@@ -9,7 +9,6 @@ import json
 import os
 import shlex
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from credsync import __version__
+from credsync.bootstrap import open_pipeline
 from credsync.errors import (
     ConfigError,
     CredsyncError,
@@ -28,14 +28,13 @@ from credsync.errors import (
 )
 from credsync.health_probe import Unhealthy, check_health
 from credsync.intake import read_upload
-from credsync.ledger import Ledger
 from credsync.liveness import Liveness, SystemdEnvironment
 from credsync.logs import configure_logging, stderr_is_journal
-from credsync.pipeline import Outcome, Pipeline, Result
-from credsync.publisher import ensure_private_folder, remove_stale_temps
+from credsync.pipeline import Outcome, Pipeline
 from credsync.routes import KINDS, Kind, kind_for_filename, load_routes
 from credsync.settings import Settings, load_settings
 from credsync.state_lock import hold_state_lock
+from credsync.sync import sync_once
 from credsync.tally import Tally
 from credsync.timefmt import now_ms
 from credsync.validators import kind_from_content, validate
@@ -51,7 +50,6 @@ EXIT_REJECTED = 1
 EXIT_USAGE = 2
 EXIT_PUBLISH_FAILED = 3
 EXIT_NOTIFY_FAILED = 4
-SYNC_SETTLE_LIMIT_S = 10.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,17 +149,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def prepare(settings: Settings, *, dry_run: bool, tally: Tally | None = None) -> Pipeline:
-    """Routes, state folder, ledger; and temp files a crash left in destination folders."""
-    routes = load_routes(settings)
-    if not dry_run:
-        ensure_private_folder(settings.state_dir)
-        state_folders = {settings.state_dir, settings.state_dir / "previous"}
-        for path in remove_stale_temps(routes.destination_dirs() | state_folders):
-            logger.bind(path=str(path)).info("removed a temp file left by an interrupted publish")
-    return Pipeline(settings, routes, Ledger(settings.state_dir), dry_run=dry_run, tally=tally)
-
-
 def run_watch(args: argparse.Namespace) -> int:
     from credsync.daemon import Daemon
 
@@ -173,7 +160,7 @@ def run_watch(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     tally, server = start_metrics(settings)
     try:
-        pipeline = prepare(settings, dry_run=False, tally=tally)
+        pipeline = open_pipeline(settings, dry_run=False, tally=tally)
         notifier = build_notifier(settings, tally, pipeline.notification_outcome)
         return Daemon(pipeline, notifier, Liveness(settings.state_dir, SystemdEnvironment(), tally)).run()
     except CredsyncError as error:
@@ -233,7 +220,7 @@ def run_health(args: argparse.Namespace) -> int:
 def run_sync(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     try:
-        pipeline = prepare(settings, dry_run=args.dry_run)
+        pipeline = open_pipeline(settings, dry_run=args.dry_run)
     except CredsyncError as error:
         logger.error(error.reason)
         return EXIT_USAGE
@@ -274,23 +261,6 @@ def notify_now(pipeline: Pipeline, changed: dict[str, str], *, dry_run: bool) ->
     from credsync.notify import Delivery
 
     return notifier.deliver(changed) in (Delivery.DELIVERED, Delivery.SKIPPED)
-
-
-def sync_once(pipeline: Pipeline) -> list[Result]:
-    """Every route once; an upload still being written is waited for, up to a bound."""
-    results = [pipeline.process(route.upload) for route in pipeline.routes]
-    deadline = time.monotonic() + SYNC_SETTLE_LIMIT_S
-    while time.monotonic() < deadline:
-        unsettled = [result.name for result in results if result.outcome is Outcome.UNSETTLED]
-        if not unsettled:
-            return results
-        time.sleep(max(pipeline.settings.settle_ms / 1000, 0.05))  # the quiet time the upload needs
-        results = [result for result in results if result.outcome is not Outcome.UNSETTLED]
-        results += [pipeline.process(name) for name in unsettled]
-    for result in results:
-        if result.outcome is Outcome.UNSETTLED:
-            logger.bind(route=result.name).warning(f"still being written after {SYNC_SETTLE_LIMIT_S:g}s; not published")
-    return results
 
 
 def run_push(args: argparse.Namespace) -> int:
