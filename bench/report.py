@@ -374,7 +374,8 @@ class Summary:
             "",
             "- **credsync 0/0/0**: `credsync watch --settle-ms=0 --debounce-ms=0 --notify-grace-ms=0`",
             "- **sidecar 0/0/0**: the same flags in the credsync image, run with the compose file's options"
-            " (capabilities, read-only root, mounts, the notify layer's socket; no host /proc), by `docker run`",
+            " (capabilities, read-only root, mounts, the notify layer's socket and the consumer's PID namespace),"
+            " by `docker run`",
             "- **credsync defaults**: `credsync watch` (settle 250 ms, debounce 500 ms, notify grace 1000 ms)",
             "- **shell script**: [`bench/shell_baseline.sh`](../bench/shell_baseline.sh), the ten lines a user would"
             " write: `inotifywait -m -e close_write,moved_to | while read; install -o -g -m 600; docker kill -s HUP`",

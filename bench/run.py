@@ -196,8 +196,8 @@ class CredsyncLane(Lane):
 
 class SidecarLane(CredsyncLane):
     """credsync in its image, run as the compose file runs the sidecar (bench/sidecar.py): its
-    capabilities, read-only root, mounts and the Docker socket of the notify layer; no host /proc,
-    so its signal preflight is `docker exec`. Its log comes through `docker run`'s stderr."""
+    capabilities, read-only root, mounts, and the notify layer's Docker socket and the consumer's
+    PID namespace (so it signals through a pidfd). Its log comes through `docker run`'s stderr."""
 
     def __init__(self, root: Path, watch: FolderWatch, consumer: Consumer, flags: Sequence[str], image: str) -> None:
         super().__init__(SIDECAR, root, watch, consumer, flags)
@@ -212,7 +212,7 @@ class SidecarLane(CredsyncLane):
         }
 
     def spawn(self) -> Child:
-        options = sidecar.run_options(self.mounts)
+        options = sidecar.run_options(self.mounts, self.consumer.name)
         flags = ["--log-format=json", f"--notify-target={self.consumer.name}", *self.flags]
         command = [
             "docker",

@@ -43,10 +43,10 @@ def compose_service() -> dict[str, Any]:
     for name in COMPOSE_FILES:
         service = yaml.safe_load((REPO_ROOT / name).read_text())["services"]["credsync"]
         for key, value in service.items():
-            if key == "environment":
+            if isinstance(value, dict):  # environment: the later file's values win
                 merged[key] = {**merged.get(key, {}), **value}
-            elif key == "volumes":
-                merged[key] = [*merged.get(key, []), *value]
+            elif isinstance(value, list):  # volumes, cap_add, security_opt...: compose adds them up
+                merged[key] = list(dict.fromkeys([*merged.get(key, []), *value]))
             else:
                 merged[key] = value
     return merged
@@ -57,9 +57,9 @@ def defaulted(text: str) -> str:
     return INTERPOLATION.sub(lambda match: match.group(2) or "", text)
 
 
-def run_options(mounts: Mapping[str, Path]) -> list[str]:
+def run_options(mounts: Mapping[str, Path], webhook: str) -> list[str]:
     """`docker run` options for the service; `mounts` maps each container path to a host folder
-    (the socket is mounted as itself)."""
+    (the socket is mounted as itself), and the container `webhook` stands for that service."""
     service = compose_service()
     options: list[str] = []
     for key, value in service.items():
@@ -71,6 +71,10 @@ def run_options(mounts: Mapping[str, Path]) -> list[str]:
             options += [f"--cap-add={cap}" for cap in value]
         elif key == "security_opt":
             options += [f"--security-opt={option}" for option in value]
+        elif key == "pid":
+            if value != "service:webhook":
+                raise BenchError(f"the sidecar lane cannot run `pid: {value}`")
+            options += [f"--pid=container:{webhook}"]
         elif key == "read_only":
             options += ["--read-only"] if value else []
         elif key == "tmpfs":

@@ -7,6 +7,7 @@ import contextlib
 import os
 import select
 import signal
+import sys
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 WATCH_RETRY_S = 5.0
 WRITE_BACKSTOP_S = 1.0  # read an upload that was written to but not closed (hard links, held-open files)
+GIL_SWITCH_S = 0.0005  # the notifier thread waits at most this for the loop's Python work after a publish
 UNSETTLED_RECHECK_S = 0.05  # with settle 0, an upload still being written is not re-read in a busy loop
 
 
@@ -153,6 +155,7 @@ class Daemon:
 
     def serve(self) -> int:
         """The loop, until `stop` (or a signal, under `run`); any thread may run it."""
+        sys.setswitchinterval(GIL_SWITCH_S)
         logger.bind(source=str(self.settings.source), routes=len(self.pipeline.routes)).info("watching")
         if self.notifier is None:
             logger.bind(notify=self.settings.notify).info("no notify target: publishing only")

@@ -14,6 +14,7 @@ import secrets
 import shutil
 import string
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -340,9 +341,20 @@ def test_the_opt_in_notify_layer_signals_a_consumer_that_reloads_and_never_resta
         assert f"✓ {webhook.name}: {variable} is the host path of volume {app.name}_{volume}" in doctor
     assert f"✓ notify target {webhook.name}: start-webhook (PID 1) handles SIGHUP" in doctor
 
+    assert sidecar.attrs["HostConfig"]["PidMode"] == f"container:{webhook.id}"  # the layer's `pid: service:`
+
+    since = time.time()
     data = claude_credentials(serial=1)
     upload(app, sshd, tmp_path / ".credentials.json", data)
     wait_until(lambda: "notified" in app.sidecar_log(), timeout=30)
+    # Through a pidfd in the shared namespace: no `docker kill`, and no `docker exec` to read /proc
+    # (these events are read before this test's own `cat` inside the webhook below).
+    engine_events = app.client.events(  # type: ignore[call-overload]  # fractional seconds, as text
+        since=f"{since:.9f}", until=f"{time.time():.9f}", filters={"container": webhook.id}, decode=True
+    )
+    actions = {str(event.get("Action", "")).split(":")[0] for event in engine_events}
+    assert not actions & {"kill", "exec_create"}, actions
+    assert "signalling through the Docker Engine" not in app.sidecar_log()
     assert app.exec("webhook", "cat", "/tmp/signals").split() == ["HUP"]
     webhook.reload()
     assert (webhook.attrs["State"]["StartedAt"], webhook.attrs["RestartCount"]) == before

@@ -59,6 +59,27 @@ def test_one_hup_per_batch_including_a_burst_of_20(folders: Folders, consumers: 
     assert consumer.state() == before
 
 
+def test_on_the_host_the_signal_goes_straight_to_the_process_not_through_the_engine(
+    folders: Folders, consumers: ConsumerFactory, docker_client: docker.DockerClient
+) -> None:
+    consumer = consumers()
+    since = int(time.time())
+    process = watching(folders, f"--notify-target={consumer.name}")
+    try:
+        data = claude_credentials(serial=7)
+        folders.upload(".credentials.json", data)
+        process.wait_for("notified", routes=f".credentials.json@{sha12(data)}")
+    finally:
+        process.stop()
+    until = int(time.time()) + 1
+    kills = docker_client.events(
+        since=since, until=until, filters={"container": consumer.container.id, "event": "kill"}, decode=True
+    )
+    assert consumer.signals() == ["HUP"]
+    assert list(kills) == [], "the signal went through the Engine (docker kill), not a pidfd"
+    assert not process.matching("signalling through the Docker Engine")
+
+
 def test_a_second_notification_does_not_wait_for_the_first_ones_survival_check(
     folders: Folders, consumers: ConsumerFactory
 ) -> None:
@@ -97,7 +118,13 @@ def test_a_kept_verdict_is_dropped_when_the_target_restarts_without_its_handler(
     subscribed = threading.Event()
     spec = TargetSpec(container=consumer.name)
     cache = TargetCache(
-        lambda: docker_client, spec, lambda _: None, "SIGHUP", subscribed.set, reader=ExecProc, startup_s=0
+        lambda: docker_client,
+        spec,
+        lambda _: None,
+        "SIGHUP",
+        subscribed.set,
+        reader=lambda container, **_: ExecProc(container),
+        startup_s=0,
     )
     cache.start()
     try:

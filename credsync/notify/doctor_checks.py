@@ -14,6 +14,7 @@ from credsync.container_env import current_container_id
 from credsync.notify.notifier import describe, redact_url
 from credsync.notify.proc_readers import reader_for
 from credsync.notify.procstatus import NO_HANDLER_FIX, ProcReadError, receiver_verdict
+from credsync.notify.target_cache import own_pid_mode
 from credsync.notify.targets import own_compose_project, parse_target, resolve
 from credsync.settings import Settings
 
@@ -69,13 +70,15 @@ def notify_checks(client: docker.DockerClient, settings: Settings, own: Containe
                 True, f"notify target {spec.describe()}: {', '.join(str(c.name) for c in targets)} ({settings.notify})"
             )
         ]
-    return [signal_check(container, settings) for container in targets]
+    pid_mode = own_pid_mode(client)
+    return [signal_check(container, settings, pid_mode == f"container:{container.id}") for container in targets]
 
 
-def signal_check(container: Container, settings: Settings) -> Check:
+def signal_check(container: Container, settings: Settings, shares_pid_namespace: bool) -> Check:
     what = f"notify target {container.name}: "
     try:
-        verdict = receiver_verdict(reader_for(container), settings.notify_signal)
+        reader = reader_for(container, shares_pid_namespace=shares_pid_namespace)
+        verdict = receiver_verdict(reader, settings.notify_signal)
     except ProcReadError as error:
         return Check(
             False, what + "signal preflight", f"{error}; the target needs `cat`, or use CREDSYNC_NOTIFY=exec/http"

@@ -20,8 +20,10 @@ from loguru import logger
 from credsync.errors import ConfigError, printable
 from credsync.hashes import short_hash
 from credsync.notify.delivery import DeliveryFailed, Snapshot, post_http, run_exec, send_signal, verify_survived
+from credsync.notify.direct_signal import DirectUnavailable, signal_directly
 from credsync.notify.pending import Pending
-from credsync.notify.procstatus import NO_HANDLER_FIX, ProcReadError
+from credsync.notify.proc_readers import HostProc, host_pid_belongs
+from credsync.notify.procstatus import NO_HANDLER_FIX, ProcReadError, receiver_verdict
 from credsync.notify.target_cache import Target, TargetCache
 from credsync.notify.targets import TargetSpec, own_compose_project, parse_target
 from credsync.notify_record import write_notification
@@ -288,11 +290,34 @@ class Notifier:
             command, timeout_s = self.settings.notify_exec or "", self.settings.notify_timeout_s
             return self._send(client, [before], lambda: run_exec(container, command, timeout_s), fields)
         assert self.targets is not None  # a container target means a target cache
+        signal_name = self.settings.notify_signal
+        reader = self.targets.reader(target)
+        if isinstance(reader, HostProc):
+            try:
+                return self._signal_directly(client, target, reader, fields)
+            except DirectUnavailable as why:
+                self._say_once(("direct", str(why)), "INFO", "signalling through the Docker Engine", reason=str(why))
         verdict = self.targets.verdict(target)
         if verdict.catches:
-            signal_name = self.settings.notify_signal
             return self._send(client, [before], lambda: send_signal(container, signal_name), fields)
         self.targets.forget()  # a refusal is looked at afresh next time
+        return Attempt(self._refuse_signal(before, verdict.explanation))
+
+    def _signal_directly(
+        self, client: docker.DockerClient, target: Target, reader: HostProc, fields: dict[str, str]
+    ) -> Attempt:
+        """Straight to the process credsync sees: judged and signalled through one pidfd."""
+        assert self.targets is not None
+        container, before = target.container, target.before
+
+        def belongs() -> bool:  # PID 1 of a namespace we share is its init for as long as it exists
+            return target.shares_pid_namespace or host_pid_belongs(container)
+
+        at = time.time()
+        verdict = signal_directly(reader, self.settings.notify_signal, receiver_verdict, belongs)
+        if verdict.catches:
+            return Attempt(Delivery.DELIVERED, [Sent(client, [before], at, fields)])
+        self.targets.forget()
         return Attempt(self._refuse_signal(before, verdict.explanation))
 
     def _notify_http(self, client: docker.DockerClient, targets: list[Target], batch: Mapping[str, str]) -> Attempt:

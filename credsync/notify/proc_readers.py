@@ -58,12 +58,20 @@ class ExecProc:
         return b"".join(chunks).decode(errors="replace")
 
 
-def reader_for(container: Container) -> HostProc | ExecProc:
-    """The host's /proc when State.Pid there really is this container's process."""
+def host_pid_belongs(container: Container) -> bool:
+    """Whether State.Pid, in this /proc, is this container's process: its cgroup names the
+    container (a host process, or a sidecar given the host's PID namespace)."""
     host_pid = int(container.attrs["State"]["Pid"])
-    container_id = container.id or "?"
     try:
-        in_container = host_pid > 0 and container_id in Path(f"/proc/{host_pid}/cgroup").read_text()
+        return host_pid > 0 and (container.id or "?") in Path(f"/proc/{host_pid}/cgroup").read_text()
     except OSError:
-        in_container = False
-    return HostProc(host_pid) if in_container else ExecProc(container)
+        return False
+
+
+def reader_for(container: Container, *, shares_pid_namespace: bool = False) -> HostProc | ExecProc:
+    """Our own /proc where it shows the container's process: its PID 1 when credsync runs in the
+    container's PID namespace (a sidecar with `pid: service:…`), State.Pid when it sees the
+    host's; else `cat` inside the container."""
+    if shares_pid_namespace:
+        return HostProc(1)
+    return HostProc(int(container.attrs["State"]["Pid"])) if host_pid_belongs(container) else ExecProc(container)

@@ -22,6 +22,7 @@ from typing import Any
 import docker
 from docker.models.containers import Container
 
+from credsync.container_env import current_container_id
 from credsync.notify.delivery import Snapshot
 from credsync.notify.proc_readers import ExecProc, HostProc, reader_for
 from credsync.notify.procstatus import Verdict, receiver_verdict
@@ -38,6 +39,7 @@ class Target:
     container: Container
     before: Snapshot
     verdict: Verdict | None  # kept from the last look; None: read it at the notification
+    shares_pid_namespace: bool = False  # credsync runs in the target's PID namespace
 
 
 class TargetCache:
@@ -49,7 +51,7 @@ class TargetCache:
         signal_name: str | None,
         changed: Callable[[], None],
         *,
-        reader: Callable[[Container], HostProc | ExecProc] = reader_for,
+        reader: Callable[..., HostProc | ExecProc] = reader_for,
         startup_s: float = STARTUP_S,
     ) -> None:
         """`project(client)` is the compose project of a service target; `signal_name` None for
@@ -100,27 +102,35 @@ class TargetCache:
                 return self._known
             generation = self._generation
         client = self._client()
-        found = [self._look_at(container) for container in resolve(client, self._spec, self._project(client))]
+        pid_mode = own_pid_mode(client)
+        found = [
+            self._look_at(container, pid_mode == f"container:{container.id}")
+            for container in resolve(client, self._spec, self._project(client))
+        ]
         with self._lock:
             if self._live and generation == self._generation:
                 self._known = found
         return found
 
+    def reader(self, target: Target) -> HostProc | ExecProc:
+        """Where the target's /proc is read: our own /proc if it shows the process, else `docker exec`."""
+        return self._reader(target.container, shares_pid_namespace=target.shares_pid_namespace)
+
     def verdict(self, target: Target) -> Verdict:
         """Whether the target's receiver catches the signal: as kept, else read now."""
         if target.verdict is not None:
             return target.verdict
-        return receiver_verdict(self._reader(target.container), self._signal_name or "SIGHUP")
+        return receiver_verdict(self.reader(target), self._signal_name or "SIGHUP")
 
-    def _look_at(self, container: Container) -> Target:
-        before = Snapshot.of(container)
+    def _look_at(self, container: Container, shares_pid_namespace: bool) -> Target:
+        target = Target(container, Snapshot.of(container), None, shares_pid_namespace)
         if self._signal_name is None:
-            return Target(container, before, None)
-        reader = self._reader(container)
-        if not isinstance(reader, ExecProc) or not settled(before.started_at, time.time(), self._startup_s):
-            return Target(container, before, None)
+            return target
+        reader = self.reader(target)
+        if not isinstance(reader, ExecProc) or not settled(target.before.started_at, time.time(), self._startup_s):
+            return target
         verdict = receiver_verdict(reader, self._signal_name)
-        return Target(container, before, verdict if verdict.catches else None)
+        return Target(container, target.before, verdict if verdict.catches else None, shares_pid_namespace)
 
     def _follow(self) -> None:
         while not self._stopping.is_set():
@@ -160,6 +170,17 @@ class TargetCache:
         if actor.get("ID") in known_ids:
             return True
         return concerns(self._spec, str(actor.get("ID", "")), attributes)
+
+
+def own_pid_mode(client: docker.DockerClient) -> str:
+    """credsync's own container's PID mode (`container:<id>` when it joined another's), or ""."""
+    own = current_container_id()
+    if own is None:
+        return ""
+    try:
+        return str(client.containers.get(own).attrs["HostConfig"].get("PidMode") or "")
+    except docker.errors.NotFound:
+        return ""
 
 
 def concerns(spec: TargetSpec, container_id: str, attributes: Mapping[str, str]) -> bool:
