@@ -687,13 +687,6 @@ def credsync_watch(name: str, flags: Sequence[str]) -> Child:
     return Child.start(name, command, parse_json=True, cwd=REPO_ROOT, env=clean_env())
 
 
-def has_message(message: str) -> Callable[[LogLine], bool]:
-    return lambda line: line["message"] == message
-
-
-# --------------------------------------------------------------------------- Docker
-
-
 def connect_docker() -> docker.DockerClient:
     import docker
 
