@@ -4,6 +4,7 @@ Every value passes through `printable`, so hostile file names cannot forge or co
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,12 @@ def configure_logging(log_format: LogFormat, level: LogLevel, *, journal: bool =
         sys.stderr.flush()
 
     logger.add(write, level=level, format="{message}", backtrace=False, diagnose=False)
+    # Libraries' own logging (urllib3's retries while the Engine is down, say) would reach stderr
+    # through logging's last-resort handler: plain text between the JSON lines, written from
+    # another thread, even cut into one of them. credsync reports those conditions itself.
+    root = logging.getLogger()
+    if not any(isinstance(handler, logging.NullHandler) for handler in root.handlers):
+        root.addHandler(logging.NullHandler())
 
 
 def stderr_is_journal(journal_stream: str | None) -> bool:

@@ -5,8 +5,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.helpers import Folders, WatchProcess, make_folders
+
+# Property tests explore 100 examples each in the fast tier, 300 in the whole suite
+# (scripts/test sets HYPOTHESIS_PROFILE=thorough).
+for profile, examples in (("fast", 100), ("thorough", 300)):
+    settings.register_profile(
+        profile, max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
 # Fixture modules: a real Docker Engine, a real sshd, what an offline image build needs.
 pytest_plugins = ["tests.docker_env", "tests.sshd", "tests.image_build"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -233,3 +236,21 @@ def test_retries_are_spread_by_the_jitter_and_stay_under_the_cap() -> None:
     assert retry_delay_s(40, lambda: 0.5) == CAP_S  # no overflow, however long it keeps failing
     spread = {round(retry_delay_s(3), 6) for _ in range(50)}
     assert len(spread) > 1 and all(4 * (1 - JITTER) <= delay <= 4 * (1 + JITTER) for delay in spread)
+
+
+LIBRARY_WARNS = """
+import logging
+from loguru import logger
+from credsync.logs import configure_logging
+configure_logging("json", "INFO")
+logging.getLogger("urllib3.connectionpool").warning("Retrying (Retry(total=2)) after connection broken")
+logger.info("published")
+"""
+
+
+def test_a_librarys_own_logging_never_cuts_into_the_json_log() -> None:
+    """urllib3 warns of retries while the Engine is down; without a handler, logging's last
+    resort would print that as plain text between credsync's JSON lines. (A process of its own:
+    pytest puts handlers of its own on the root logger.)"""
+    said = subprocess.run([sys.executable, "-c", LIBRARY_WARNS], capture_output=True, text=True, check=True)
+    assert [json.loads(line)["message"] for line in said.stderr.splitlines()] == ["published"]

@@ -163,7 +163,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings()  # the profile's count: see conftest.py
 @given(kind=st.sampled_from(KINDS), data=st.binary(max_size=400))
 def test_any_bytes_give_a_summary_or_a_rejection(kind: Kind, data: bytes) -> None:
     try:
@@ -172,7 +172,7 @@ def test_any_bytes_give_a_summary_or_a_rejection(kind: Kind, data: bytes) -> Non
         assert "\n" not in rejection.reason
 
 
-@settings(max_examples=300, deadline=None)
+@settings()  # the profile's count: see conftest.py
 @given(
     access=secret_text,
     refresh=secret_text,
