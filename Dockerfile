@@ -39,7 +39,7 @@ ENV PATH=/opt/credsync/bin:/usr/local/bin:/usr/bin:/bin \
 # read-only root file system, with no Docker socket: see docker-compose.dokploy.yml and
 # docs/security.md. The opt-in notification layer adds the socket.
 USER 0:0
-# A bare interpreter (-I -S: no site, no imports beyond json) reading the health file: about
+# A bare interpreter (-I -S: no site, nothing imported beyond start-up) reading the health file: about
 # 15 ms of CPU per check, so every 30 s costs under 0.1 % of a core. `credsync health` says the
 # same for an operator, at the cost of the whole CLI's imports.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 \

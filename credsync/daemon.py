@@ -155,6 +155,7 @@ class Daemon:
 
     def serve(self) -> int:
         """The loop, until `stop` (or a signal, under `run`); any thread may run it."""
+        switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(GIL_SWITCH_S)
         logger.bind(source=str(self.settings.source), routes=len(self.pipeline.routes)).info("watching")
         if self.notifier is None:
@@ -170,6 +171,7 @@ class Daemon:
             if self.notifier is not None:
                 self.notifier.stop()
             self.wakeup.close()
+            sys.setswitchinterval(switch_interval)
         logger.info("stopped")
         return 0
 

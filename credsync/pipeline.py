@@ -8,7 +8,7 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from functools import partial
@@ -334,11 +334,12 @@ class Pipeline:
             owner=owner,
         )
 
-    def notification_outcome(self, routes: Collection[str], outcome: str) -> None:
-        """The notifier's final word on these routes, for their receipts (its own thread)."""
+    def notification_outcome(self, batch: Mapping[str, str], outcome: str) -> None:
+        """The notifier's final word on these routes (route → published hash), for their
+        receipts (its own thread)."""
         owner = self.uploader()
         if self.receipts is not None and owner is not None:
-            self.receipts.notified(routes, outcome, owner)
+            self.receipts.notified(batch, outcome, owner)
 
     def uploader(self) -> tuple[int, int] | None:
         """The source folder's owner and group: who receipts belong to."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -42,6 +42,9 @@ class Receipts:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._last: dict[str, Receipt] = {}
+        # The notifier is told when the destination is in place, before the receipt is written:
+        # its outcome may come first, and waits here for that receipt (route, published hash).
+        self._early: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
     def decided(
@@ -57,28 +60,34 @@ class Receipts:
         owner: tuple[int, int],
     ) -> None:
         changed = outcome in ("published", "repaired")
-        receipt = Receipt(
-            route,
-            outcome,
-            short_hash(upload_sha256),
-            short_hash(published_sha256),
-            reason_code,
-            reason,
-            now_ms(),
-            "pending" if changed and notifies else "none",
-        )
         with self._lock:
+            early = self._early.pop((route, short_hash(published_sha256)), "pending")
+            self._early = {key: value for key, value in self._early.items() if key[0] != route}
+            receipt = Receipt(
+                route,
+                outcome,
+                short_hash(upload_sha256),
+                short_hash(published_sha256),
+                reason_code,
+                reason,
+                now_ms(),
+                early if changed and notifies else "none",
+            )
             self._last[route] = receipt
             self._write(receipt, owner)
 
-    def notified(self, routes: Iterable[str], outcome: str, owner: tuple[int, int]) -> None:
-        """The notifier's outcome for these routes (a final one: delivered, skipped or failed)."""
+    def notified(self, batch: Mapping[str, str], outcome: str, owner: tuple[int, int]) -> None:
+        """The notifier's final outcome (delivered, skipped or failed) for these routes, each
+        with the hash it published."""
         with self._lock:
-            for route in routes:
+            for route, sha256 in batch.items():
                 receipt = self._last.get(route)
-                if receipt is not None and receipt.notification == "pending":
-                    self._last[route] = replace(receipt, notification=outcome)
-                    self._write(self._last[route], owner)
+                if receipt is not None and receipt.published_sha256_prefix == short_hash(sha256):
+                    if receipt.notification == "pending":
+                        self._last[route] = replace(receipt, notification=outcome)
+                        self._write(self._last[route], owner)
+                else:
+                    self._early[(route, short_hash(sha256))] = outcome
 
     def _write(self, receipt: Receipt, owner: tuple[int, int]) -> None:
         data = json.dumps(asdict(receipt), indent=1).encode() + b"\n"

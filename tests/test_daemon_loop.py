@@ -41,6 +41,7 @@ class FakeWatcher:
         self.callbacks = callbacks
         self.starts = 0
         self.watching = False
+        self.looks = 0  # the loop looks once per wake-up: a count of its passes
 
     def start(self) -> None:
         self.starts += 1
@@ -50,6 +51,7 @@ class FakeWatcher:
         self.watching = False
 
     def healthy(self) -> bool:
+        self.looks += 1
         return self.watching
 
 
@@ -70,8 +72,12 @@ class Loop:
         (self.settings.source / name).write_bytes(data)
 
     def advance(self, seconds: float) -> None:
+        """Move the clock and wait until the loop has made a pass that saw it (a pass looks at
+        the watcher before it takes what is due, so one that looks after the move sees it)."""
         self.clock.now += seconds
+        looks = self.watcher.looks
         self.daemon.wakeup.poke()
+        wait_until(lambda: self.watcher.looks > looks, timeout=OUTCOME_TIMEOUT_S)
 
     def next_publication(self) -> tuple[str, str]:
         return self.published.get(timeout=OUTCOME_TIMEOUT_S)

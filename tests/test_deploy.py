@@ -1,7 +1,6 @@
 """The shipped deployment as Dokploy runs it: the image built from a clean clone with only the
 offline build arguments; `docker-compose.dokploy.yml` brought up under a Dokploy-style app name
 from a code folder with Dokploy's `.env`, as shipped and after the transformations Dokploy
-
 applies (Isolated Deployments, a domain); a real scp by an unprivileged user; a job container
 started the way claude-hub starts one."""
 

@@ -5,12 +5,15 @@ server's answer. No root, no Docker."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
 from credsync.credential_health import claude_health
 from credsync.errors import Rejection
 from credsync.push import Server, Verdict, judge_receipt, parse_server
+from credsync.receipts import Receipts, receipt_name
 from credsync.setup_token import TOKEN_LIFETIME_MS, parse_setup_token, render_credentials
 from credsync.validators import validate
 from tests.helpers import CANARY, HOUR_MS, REFRESH_TOKEN, claude_credentials, now_ms
@@ -124,3 +127,22 @@ def test_a_receipt_becomes_one_line_and_a_verdict(receipt: dict[str, str], verdi
     report = judge_receipt("server", json.dumps(receipt).encode())
     assert (report.verdict, report.line) == (verdict, said)
     assert judge_receipt("server", b"garbage").verdict is Verdict.FAILED
+
+
+def test_a_notification_outcome_that_comes_before_its_receipt_is_not_lost(tmp_path: Path) -> None:
+    """The notifier is told when the destination is in place, before the pipeline writes the
+    receipt: a quick outcome (a refusal, a pidfd signal with no grace) may arrive first."""
+    receipts, owner = Receipts(tmp_path), (os.getuid(), os.getgid())
+    new, old = "a" * 64, "b" * 64
+    receipts.notified({".credentials.json": old}, "failed", owner)  # another upload's: not this one's
+    receipts.notified({".credentials.json": new}, "delivered", owner)
+    receipts.decided(
+        ".credentials.json", "published", upload_sha256=new, published_sha256=new, notifies=True, owner=owner
+    )
+    said = json.loads((tmp_path / receipt_name(".credentials.json")).read_text())
+    assert said["notification"] == "delivered"
+    receipts.decided(
+        ".credentials.json", "published", upload_sha256=old, published_sha256=old, notifies=True, owner=owner
+    )
+    said = json.loads((tmp_path / receipt_name(".credentials.json")).read_text())
+    assert said["notification"] == "pending"  # the early word for it was dropped with the first receipt

@@ -85,7 +85,7 @@ def test_a_second_notification_does_not_wait_for_the_first_ones_survival_check(
 ) -> None:
     consumer = consumers()
     before = consumer.state()
-    grace = ["--settle-ms=0", "--debounce-ms=0", "--notify-grace-ms=3000"]
+    grace = ["--settle-ms=0", "--debounce-ms=0", "--notify-grace-ms=10000"]  # far longer than a round trip
     process = WatchProcess(folders, [*grace, f"--notify-target={consumer.name}"]).ready()
     try:
         first, second = claude_credentials(serial=1), claude_credentials(serial=2)
@@ -93,9 +93,9 @@ def test_a_second_notification_does_not_wait_for_the_first_ones_survival_check(
         wait_until(lambda: consumer.signals() == ["HUP"], timeout=10)
         folders.upload(".credentials.json", second)
         wait_until(lambda: consumer.signals() == ["HUP", "HUP"], timeout=10)
-        assert not process.matching("notified"), "the second signal waited for the first one's 3 s check"
-        process.wait_for("notified", routes=f".credentials.json@{sha12(first)}", timeout=10)
-        process.wait_for("notified", routes=f".credentials.json@{sha12(second)}", timeout=10)
+        assert not process.matching("notified"), "the second signal waited for the first one's 10 s check"
+        process.wait_for("notified", routes=f".credentials.json@{sha12(first)}", timeout=20)
+        process.wait_for("notified", routes=f".credentials.json@{sha12(second)}", timeout=20)
     finally:
         process.stop()
     assert consumer.state() == before
@@ -131,7 +131,7 @@ def test_a_kept_verdict_is_dropped_when_the_target_restarts_without_its_handler(
         wait_until(subscribed.is_set)
         [kept] = cache.targets()
         assert kept.verdict is not None and kept.verdict.catches
-        assert cache.targets() == [kept] and cache.warm  # known: no second look at the Engine
+        assert cache.targets()[0] is kept and cache.warm  # known: no second look at the Engine
         consumer.container.restart(timeout=1)
         wait_until(lambda: [t.before.started_at for t in cache.targets()] not in ([], [kept.before.started_at]))
         [fresh] = cache.targets()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 import urllib.error
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from urllib.parse import urlsplit
@@ -54,7 +54,7 @@ MAX_CHECKS = 4
 WARM_RETRY_S = 5.0
 
 
-OutcomeListener = Callable[[Collection[str], str], None]
+OutcomeListener = Callable[[Mapping[str, str], str], None]  # (route → published hash, outcome)
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ class Notifier:
         self._client: docker.DockerClient | None = None
         self._own_project: str | None = None
         self._said: set[tuple[str, ...]] = set()
+        self._saying = threading.Lock()
         self._checks = threading.BoundedSemaphore(MAX_CHECKS)
         self._recording = threading.Lock()
         self._warm_retry_at = 0.0
@@ -136,10 +137,13 @@ class Notifier:
                 self._warm()
                 continue
             self._checks.acquire()  # released when this batch's survival check ends
-            self._settle(batch, self.deliver(batch, wait=False))
+            outcome = self.deliver(batch, wait=False)
+            if outcome is not None:  # else its survival check settles it, on its own thread
+                self._settle(batch, outcome)
 
     def _settle(self, batch: Mapping[str, str], outcome: Delivery) -> None:
-        """A pending outcome puts the batch back, to be sent again after a backoff."""
+        """A final outcome ends the backoff; a pending one puts the batch back, to be sent again
+        after the backoff's delay."""
         with self._changed:
             if outcome is not Delivery.PENDING:
                 self._pending.delivered()
@@ -171,30 +175,38 @@ class Notifier:
             return
         try:
             self.targets.targets()
-        except Exception:  # said, if it persists, by the notification that needs it
+        except TRANSIENT_ERRORS:  # said, if it persists, by the notification that needs it
             self._client = None
             self._warm_retry_at = time.monotonic() + WARM_RETRY_S
+        except Exception:  # the notification that needs it says what
+            self._warm_retry_at = time.monotonic() + WARM_RETRY_S
 
-    def deliver(self, batch: Mapping[str, str], *, wait: bool = True) -> Delivery:
+    def deliver(self, batch: Mapping[str, str], *, wait: bool = True) -> Delivery | None:
         """One attempt at telling every target about the batch. With `wait`, the survival check
-        is done before returning and the final outcome returned; else it runs on its own thread
-        (which releases `_checks`) and what is returned is final only when nothing was sent.
-        Final outcomes are recorded for `credsync status` and counted."""
-        attempt = self._attempt(batch)
-        if wait or not attempt.sent:
-            outcome = self._conclude(batch, attempt)
-            if not wait:
-                self._checks.release()
-            return outcome
-        threading.Thread(
-            target=self._conclude_and_release, args=(batch, attempt), name="credsync-survival", daemon=True
-        ).start()
-        return attempt.outcome
-
-    def _conclude_and_release(self, batch: Mapping[str, str], attempt: Attempt) -> None:
+        is done before returning and the final outcome returned. Without, a check runs on a
+        thread of its own, which settles the batch and releases `_checks`, and None is returned;
+        when nothing was sent, `_checks` is released here. Final outcomes are recorded for
+        `credsync status` and counted."""
+        attempt = self._attempt(batch)  # never raises: every error is an outcome
+        if wait:
+            return self._conclude(batch, attempt)
+        if attempt.sent:
+            checking = threading.Thread(
+                target=self._conclude_and_settle, args=(batch, attempt), name="credsync-survival", daemon=True
+            )
+            try:
+                checking.start()
+                return None
+            except RuntimeError:  # no thread to be had: check here, as `wait` would
+                pass
         try:
-            if self._conclude(batch, attempt) is Delivery.PENDING:
-                self._settle(batch, Delivery.PENDING)
+            return self._conclude(batch, attempt)
+        finally:
+            self._checks.release()
+
+    def _conclude_and_settle(self, batch: Mapping[str, str], attempt: Attempt) -> None:
+        try:
+            self._settle(batch, self._conclude(batch, attempt))
         finally:
             self._checks.release()
 
@@ -216,13 +228,18 @@ class Notifier:
                     ("unreachable", type(error).__name__), "WARNING", "notification pending", reason=describe(error)
                 )
                 outcome = Delivery.PENDING
+            except Exception as error:  # a survival thread must not lose the batch to a surprise
+                self._forget()
+                reason = f"unexpected {type(error).__name__}"
+                self._say_once(("unexpected", type(error).__name__), "ERROR", "notification pending", reason=reason)
+                outcome = Delivery.PENDING
             else:
                 logger.bind(**sent.fields, routes=describe_batch(batch)).info("notified")
         with self._recording:
             self.tally.notification(outcome.name.lower())
             write_notification(self.settings.state_dir, outcome.name.lower(), describe_batch(batch))
             if self.listener is not None and outcome is not Delivery.PENDING:
-                self.listener(list(batch), outcome.name.lower())
+                self.listener(dict(batch), outcome.name.lower())
         return outcome
 
     def _attempt(self, batch: Mapping[str, str]) -> Attempt:
@@ -258,7 +275,8 @@ class Notifier:
             reason = f"unexpected {type(error).__name__}"
             self._say_once(("unexpected", type(error).__name__), "ERROR", "notification pending", reason=reason)
             return Attempt(Delivery.PENDING)
-        self._said = {key for key in self._said if key[0] == "skip"}  # a recovery may be reported again
+        with self._saying:  # a recovery may be reported again; a refusal or a fallback is said once
+            self._said = {key for key in self._said if key[0] in ("skip", "direct")}
         return attempt
 
     def _forget(self) -> None:
@@ -358,9 +376,10 @@ class Notifier:
 
     def _say_once(self, key: tuple[str, ...], level: str, message: str, **fields: object) -> None:
         """A condition that persists is logged when it starts, not at every retry."""
-        if key in self._said:
-            return
-        self._said.add(key)
+        with self._saying:  # the notifier and the survival threads both say things
+            if key in self._said:
+                return
+            self._said.add(key)
         logger.bind(**fields).log(level, message)
 
 

@@ -25,7 +25,7 @@ from docker.models.containers import Container
 from credsync.container_env import current_container_id
 from credsync.notify.delivery import Snapshot
 from credsync.notify.proc_readers import ExecProc, HostProc, reader_for
-from credsync.notify.procstatus import Verdict, receiver_verdict
+from credsync.notify.procstatus import ProcReadError, Verdict, receiver_verdict
 from credsync.notify.targets import ONEOFF_LABEL, PROJECT_LABEL, SERVICE_LABEL, TargetSpec, resolve
 
 WATCHED_ACTIONS = ("start", "die", "destroy", "rename", "pause", "unpause")
@@ -129,7 +129,10 @@ class TargetCache:
         reader = self.reader(target)
         if not isinstance(reader, ExecProc) or not settled(target.before.started_at, time.time(), self._startup_s):
             return target
-        verdict = receiver_verdict(reader, self._signal_name)
+        try:
+            verdict = receiver_verdict(reader, self._signal_name)
+        except ProcReadError:  # no `cat` in the image, say: read (and said) at the notification
+            return target
         return Target(container, target.before, verdict if verdict.catches else None, shares_pid_namespace)
 
     def _follow(self) -> None:
@@ -138,12 +141,14 @@ class TargetCache:
                 stream = self._client().events(
                     filters={"type": "container", "event": list(WATCHED_ACTIONS)}, decode=True
                 )
-            except docker.errors.DockerException:
+            except Exception:  # DockerException, or requests' own errors once the client exists
                 self._stopping.wait(RECONNECT_S)
                 continue
             with self._lock:  # subscribed: from here on no change goes unseen
                 self._stream, self._live = stream, True
                 self._drop()
+            if self._stopping.is_set():  # stop() came before the stream was there to close
+                stream.close()
             self._changed()
             try:
                 for event in stream:
