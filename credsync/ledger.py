@@ -4,9 +4,9 @@ change."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 from loguru import logger
 from pydantic import BaseModel, ValidationError
@@ -29,7 +29,9 @@ class Entry:
 
 
 class LedgerFile(BaseModel):
-    version: int = 1
+    """The file as written; read back through the same model, so another version is refused."""
+
+    version: Literal[1] = 1
     routes: dict[str, Entry] = {}
 
 
@@ -67,9 +69,9 @@ class Ledger:
         next pass compares upload and destination bytes, and nothing is published twice."""
         if not self._dirty:
             return
-        document = {"version": 1, "routes": {name: asdict(item) for name, item in sorted(self._routes.items())}}
+        document = LedgerFile(routes=dict(sorted(self._routes.items())))
         try:
-            keep_private_copy(self.path, json.dumps(document, indent=1).encode() + b"\n")
+            keep_private_copy(self.path, document.model_dump_json(indent=1).encode() + b"\n")
         except PublishError as error:
             logger.bind(path=str(self.path)).warning(f"cannot write the ledger: {error.reason}; retrying later")
             return

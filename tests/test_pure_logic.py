@@ -12,6 +12,7 @@ import pytest
 from credsync.backoff import CAP_S, JITTER, retry_delay_s
 from credsync.decide import Action, decide
 from credsync.errors import ConfigError
+from credsync.ledger import LEDGER_NAME, Entry, Ledger
 from credsync.routes import is_rsync_temp, kind_for_filename, load_routes
 from credsync.schedule import Schedule
 from credsync.settings import Settings, load_settings
@@ -254,3 +255,15 @@ def test_a_librarys_own_logging_never_cuts_into_the_json_log() -> None:
     pytest puts handlers of its own on the root logger.)"""
     said = subprocess.run([sys.executable, "-c", LIBRARY_WARNS], capture_output=True, text=True, check=True)
     assert [json.loads(line)["message"] for line in said.stderr.splitlines()] == ["published"]
+
+
+def test_the_ledger_reads_back_what_it_wrote_and_refuses_another_version(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    entry = Entry("a" * 64, 120, "/claude/.credentials.json", 1_800_000_000_000, "b" * 64, 1_800_000_001_000)
+    ledger.record(".credentials.json", entry)
+    ledger.flush()
+    assert Ledger(tmp_path).last(".credentials.json") == entry
+    written = json.loads((tmp_path / LEDGER_NAME).read_text())
+    assert written["version"] == 1
+    (tmp_path / LEDGER_NAME).write_text(json.dumps({**written, "version": 2}))
+    assert Ledger(tmp_path).last(".credentials.json") is None  # a format it does not know: not guessed at
