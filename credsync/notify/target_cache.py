@@ -65,6 +65,7 @@ class TargetCache:
         self._startup_s = startup_s
         self._lock = threading.Lock()
         self._known: list[Target] | None = None
+        self._pid_mode: str | None = None
         self._generation = 0
         self._live = False
         self._stopping = threading.Event()
@@ -102,7 +103,9 @@ class TargetCache:
                 return self._known
             generation = self._generation
         client = self._client()
-        pid_mode = own_pid_mode(client)
+        if self._pid_mode is None:  # fixed when credsync's container was created: looked up once
+            self._pid_mode = own_pid_mode(client)
+        pid_mode = self._pid_mode
         found = [
             self._look_at(container, pid_mode == f"container:{container.id}")
             for container in resolve(client, self._spec, self._project(client))
