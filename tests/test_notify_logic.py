@@ -16,7 +16,7 @@ from credsync.errors import ConfigError
 from credsync.health_probe import HEALTH_FILE, Unhealthy, check_health, format_record
 from credsync.notify.notifier import describe_batch, redact_url
 from credsync.notify.pending import Pending
-from credsync.notify.procstatus import parse_status, receiver_verdict
+from credsync.notify.procstatus import ProcReadError, parse_pid, parse_status, receiver_verdict
 from credsync.notify.target_cache import STARTUP_S, concerns, settled
 from credsync.notify.targets import TargetSpec, parse_target
 from credsync.settings import load_settings
@@ -207,3 +207,10 @@ def test_the_health_probe_passes_a_live_daemon_and_refuses_garbage(tmp_path: Pat
         (tmp_path / HEALTH_FILE).write_text(garbage)
         with pytest.raises(Unhealthy, match=r"unreadable .*: (ValueError|UnicodeDecodeError)"):
             check_health(str(tmp_path))
+
+
+def test_a_child_list_of_unicode_digits_is_a_read_error_not_a_crash() -> None:
+    """str.isdigit accepts "²"; int() does not. Found by the property test of any /proc answer."""
+    with pytest.raises(ProcReadError, match="not a process id"):
+        parse_pid("²")
+    assert parse_pid("42") == 42

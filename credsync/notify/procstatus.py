@@ -42,7 +42,7 @@ def parse_status(text: str) -> ProcStatus:
 
 
 def parse_pid(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # str.isdigit also takes "²", which int() refuses
         raise ProcReadError("the init's child list is not a process id")
     return int(text)
 
