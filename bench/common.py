@@ -795,12 +795,12 @@ def stage(prefix: str, timeout_s: float = 30.0) -> Iterator[Stage]:
 
 
 def dockerd_identity() -> str | None:
-    """PID and start time of the running dockerd: another value later means it was restarted."""
-    for entry in os.scandir("/proc"):
-        with contextlib.suppress(OSError):
-            if entry.name.isdigit() and Path(entry.path, "comm").read_text().strip() == "dockerd":
-                stat = Path(entry.path, "stat").read_text()
-                return f"pid {entry.name}, start tick {stat[stat.rindex(')') + 2 :].split()[19]}"
+    """PID and start time of the Engine the bench uses (its pid file, not any `dockerd`: other
+    engines may run on the host): another value later means it was restarted."""
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(Path("/var/run/docker.pid").read_text())
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return f"pid {pid}, start tick {stat[stat.rindex(')') + 2 :].split()[19]}"
     return None
 
 

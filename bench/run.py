@@ -503,7 +503,6 @@ def measure_imports(runs: int, results: Results) -> None:
 
 
 RSS_STEPS = (
-    "ssl",
     "asyncio",
     "pydantic",
     "pydantic_settings",
@@ -516,6 +515,8 @@ RSS_STEPS = (
 )
 RSS_BY_IMPORT = f"""
 import re
+from credsync.slim_process import keep_out_unused_libraries
+keep_out_unused_libraries()  # as the `credsync` command does before any other import
 def rss():
     return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
 last = rss()
@@ -530,7 +531,8 @@ for name in {RSS_STEPS!r}:
 
 def measure_rss_by_import(results: Results) -> None:
     """Where the daemon's memory goes: RSS added by each import, in the order given (each one
-    counts only what the ones before it did not load)."""
+    counts only what the ones before it did not load), in a process that keeps out what the
+    `credsync` command keeps out (OpenSSL, the charset guesser)."""
     said = subprocess.run(
         [sys.executable, "-c", RSS_BY_IMPORT],
         cwd=REPO_ROOT,

@@ -33,6 +33,7 @@ from credsync.logs import configure_logging, stderr_is_journal
 from credsync.pipeline import Outcome, Pipeline
 from credsync.routes import KINDS, Kind, kind_for_filename, load_routes
 from credsync.settings import Settings, load_settings
+from credsync.slim_process import let_tls_in, needs_tls
 from credsync.state_lock import hold_state_lock
 from credsync.sync import sync_once
 from credsync.tally import Tally
@@ -144,6 +145,9 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)}
     settings = load_settings(overrides)
+    notify_url = None if settings.notify_url is None else str(settings.notify_url)
+    if needs_tls(docker_host=settings.docker_host, notify_url=notify_url, serves_http=settings.http is not None):
+        let_tls_in()  # before the notifier's and the metrics' imports, which come after settings
     journal = stderr_is_journal(SystemdEnvironment().journal_stream)
     configure_logging(settings.log_format, settings.log_level, journal=journal)
     return settings

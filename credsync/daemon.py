@@ -8,6 +8,7 @@ import os
 import select
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -46,18 +47,22 @@ class Wakeup:
         with contextlib.suppress(BlockingIOError):  # already full: the loop wakes anyway
             os.write(self.write_fd, b"\0")
 
-    def wait(self, timeout: float) -> None:
-        readable, _, exceptional = select.select([self.read_fd], [], [self.mounts], max(0.0, timeout))
+    def wait(self, timeout: float, also: int | None = None) -> bool:
+        """Until a poke, a signal, a mount change, `timeout` seconds, or `also` readable (the
+        watcher's descriptor); returns whether `also` is readable."""
+        watched = [self.read_fd] if also is None else [self.read_fd, also]
+        readable, _, exceptional = select.select(watched, [], [self.mounts], max(0.0, timeout))
         if exceptional:  # re-read, or the change is reported again at once
             self.mounts.seek(0)
             self.mounts.read()
             self.mounts_changed = True
-        if readable:
+        if self.read_fd in readable:
             try:
                 while os.read(self.read_fd, 4096):
                     pass
             except BlockingIOError:
                 pass
+        return also is not None and also in readable
 
     def close(self) -> None:
         os.close(self.read_fd)
@@ -66,13 +71,18 @@ class Wakeup:
 
 
 class FolderWatcher(Protocol):
-    """What the loop needs of a watcher; it reports through the Callbacks it was made with."""
+    """What the loop needs of a watcher; it reports through the Callbacks it was made with,
+    from `dispatch` (called by the loop when `fileno` is readable) or from any other thread."""
 
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
 
     def healthy(self) -> bool: ...
+
+    def fileno(self) -> int | None: ...
+
+    def dispatch(self) -> None: ...
 
 
 def watchdog_watcher(pipeline: Pipeline) -> Callable[[Callbacks], FolderWatcher]:
@@ -105,6 +115,7 @@ class Daemon:
         self.watcher = (watcher or watchdog_watcher(pipeline))(callbacks)
         self.consumer_checks = Schedule(self.settings.settle_ms / 1000, clock)
         self._stop_requested = False
+        self._loop_thread: int | None = None  # the thread running `serve`
         self._rescan_reason: str | None = None
         self._watching = False
         self._watch_problem: str | None = None
@@ -112,24 +123,29 @@ class Daemon:
         # read. Anything else is read only by the backstop, and may still be half written.
         self._closed: set[str] = set()
 
-    # Called from the watcher thread or a signal handler: set state, wake the loop, no more.
+    # Called from the watcher's dispatch on the loop's own thread, or from another thread (a
+    # watcher of its own): set state, and wake the loop if it may be waiting.
     def _ready(self, name: str) -> None:
         self._closed.add(name)
         self.schedule.arm(name)
-        self.wakeup.poke()
+        self._wake()
 
     def _writing(self, name: str) -> None:
         self._closed.discard(name)  # written again since its close: not complete until the next one
         self.schedule.expect(name, WRITE_BACKSTOP_S)
-        self.wakeup.poke()
+        self._wake()
 
     def _rewritten(self, name: str) -> None:
         self.consumer_checks.arm(name)
-        self.wakeup.poke()
+        self._wake()
 
     def _lost(self, reason: str) -> None:
         self._rescan_reason = self._rescan_reason or reason
-        self.wakeup.poke()
+        self._wake()
+
+    def _wake(self) -> None:
+        if threading.get_ident() != self._loop_thread:  # the loop itself reads the state next
+            self.wakeup.poke()
 
     def _on_stop_signal(self, _signum: int, _frame: FrameType | None) -> None:
         self._stop_requested = True
@@ -155,6 +171,7 @@ class Daemon:
 
     def serve(self) -> int:
         """The loop, until `stop` (or a signal, under `run`); any thread may run it."""
+        self._loop_thread = threading.get_ident()
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(GIL_SWITCH_S)
         logger.bind(source=str(self.settings.source), routes=len(self.pipeline.routes)).info("watching")
@@ -191,13 +208,24 @@ class Daemon:
                 if due is not None
             ]
             wake_at = min(next_reconcile, next_beat, self.clock() + min(dues, default=3600.0))
-            self.wakeup.wait(wake_at - self.clock())
+            if self.wakeup.wait(wake_at - self.clock(), self.watcher.fileno()):
+                self.watcher.dispatch()  # on this thread: what it reports is taken below, no poke needed
             if self._stop_requested:
                 break
+            # Uploads first, the latency path: each is read through a fresh walk of the source
+            # path, so a replaced folder is never read through a stale descriptor.
+            for name in self.schedule.take_due():
+                self.handle(name)
+            for name in self.consumer_checks.take_due():
+                self._check_consumer_side(name)
             if self.wakeup.mounts_changed:  # a bind mount may have replaced the source: look again
                 self.wakeup.mounts_changed = False
                 self._rescan_reason = self._rescan_reason or "the mount table changed"
             # Once per wake-up: each look walks the source path from / and its route folders.
+            # Events that came meanwhile first: they name what happened (the folder replaced),
+            # where the look can only tell that it is no longer the one watched.
+            if self.watcher.fileno() is not None:
+                self.watcher.dispatch()
             healthy = self.watcher.healthy()
             if self._watching and not healthy:
                 self._rescan_reason = self._rescan_reason or "the source folder is no longer watched"
@@ -208,10 +236,6 @@ class Daemon:
                 if healthy:
                     self.reconcile(reason)
                 next_reconcile = self.clock() + self._rescan_interval(healthy)
-            for name in self.schedule.take_due():
-                self.handle(name)
-            for name in self.consumer_checks.take_due():
-                self._check_consumer_side(name)
             self.pipeline.ledger.flush()
             if self.clock() >= next_beat or healthy != self._watching:
                 self._watching = healthy

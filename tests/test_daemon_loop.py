@@ -41,7 +41,7 @@ class FakeWatcher:
         self.callbacks = callbacks
         self.starts = 0
         self.watching = False
-        self.looks = 0  # the loop looks once per wake-up: a count of its passes
+        self.looks = 0  # the loop looks once per wake-up, at the end of a pass: a count of passes
 
     def start(self) -> None:
         self.starts += 1
@@ -53,6 +53,12 @@ class FakeWatcher:
     def healthy(self) -> bool:
         self.looks += 1
         return self.watching
+
+    def fileno(self) -> int | None:
+        return None  # it reports from the test's thread, which wakes the loop itself
+
+    def dispatch(self) -> None:
+        raise AssertionError("the loop dispatched a watcher that has no descriptor")
 
 
 @dataclass
@@ -72,9 +78,15 @@ class Loop:
         (self.settings.source / name).write_bytes(data)
 
     def advance(self, seconds: float) -> None:
-        """Move the clock and wait until the loop has made a pass that saw it (a pass looks at
-        the watcher before it takes what is due, so one that looks after the move sees it)."""
+        """Move the clock and wait until the loop has made a whole pass after the move. A pass
+        takes what is due, then looks at the watcher: the look that ends a pass under way may
+        come after the move, so the pass woken after that look is the one known to start
+        after it."""
         self.clock.now += seconds
+        for _ in range(2):
+            self.pass_done()
+
+    def pass_done(self) -> None:
         looks = self.watcher.looks
         self.daemon.wakeup.poke()
         wait_until(lambda: self.watcher.looks > looks, timeout=OUTCOME_TIMEOUT_S)
