@@ -318,7 +318,7 @@ def run_validate(args: argparse.Namespace) -> int:
             worst = max(worst, EXIT_REJECTED)
             continue
         notes = "".join(f"; warning: {warning}" for warning in summary.warnings)
-        print(f"{label}: valid {kind}{notes}{assumed}")
+        print(f"{label}: valid {kind}{summary.described(now_ms())}{notes}{assumed}")
     return worst
 
 

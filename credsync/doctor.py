@@ -4,9 +4,7 @@ in each folder credsync writes."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -16,14 +14,7 @@ from credsync.check import Check
 from credsync.container_env import current_container_id
 from credsync.errors import CredsyncError, PublishError, SourceUnavailable
 from credsync.intake import SourceFolder
-from credsync.publisher import (
-    CREATE_FLAGS,
-    TEMP_PREFIX,
-    TEMP_SUFFIX,
-    describe_os_error,
-    ensure_private_folder,
-    open_destination_folder,
-)
+from credsync.publisher import ensure_private_folder, probe_ownership
 from credsync.routes import RouteTable
 from credsync.settings import Settings
 
@@ -69,28 +60,11 @@ def check_state(settings: Settings) -> Check:
 
 
 def probe_folder(folder: Path, owners: set[tuple[int, int]], label: str = "destination") -> Check:
-    """Create a file, give it each owner credsync will use, remove it: what publishing does."""
     what = f"{label} {folder} is writable and ownership can be set ({', '.join(f'{u}:{g}' for u, g in sorted(owners))})"
-    probe = f"{TEMP_PREFIX}doctor.{secrets.token_hex(4)}{TEMP_SUFFIX}"
     try:
-        folder_fd = open_destination_folder(folder / probe)
+        probe_ownership(folder, owners)
     except PublishError as error:
         return Check(False, what, error.reason)
-    try:
-        file_fd = os.open(probe, CREATE_FLAGS, 0o600, dir_fd=folder_fd)
-    except OSError as error:
-        os.close(folder_fd)
-        return Check(False, what, describe_os_error(error))
-    try:
-        for uid, gid in sorted(owners):
-            os.fchown(file_fd, uid, gid)
-    except OSError as error:
-        return Check(False, what, describe_os_error(error))
-    finally:
-        os.close(file_fd)
-        with contextlib.suppress(OSError):
-            os.unlink(probe, dir_fd=folder_fd)
-        os.close(folder_fd)
     return Check(True, what)
 
 

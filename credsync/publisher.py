@@ -62,6 +62,26 @@ def write_temp(folder_fd: int, name: str, data: bytes, uid: int, gid: int, mode:
         os.close(file_fd)
 
 
+def probe_ownership(folder: Path, owners: Iterable[tuple[int, int]]) -> None:
+    """What publishing into `folder` needs, tried with nothing published: create a temp file,
+    give it each owner in turn, remove it. Raises PublishError with the reason and its fix."""
+    probe = f"{TEMP_PREFIX}probe.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    folder_fd = open_destination_folder(folder / probe)
+    try:
+        file_fd = os.open(probe, CREATE_FLAGS, 0o600, dir_fd=folder_fd)
+        try:
+            for uid, gid in sorted(owners):
+                os.fchown(file_fd, uid, gid)
+        finally:
+            os.close(file_fd)
+            with contextlib.suppress(OSError):
+                os.unlink(probe, dir_fd=folder_fd)
+    except OSError as error:
+        raise PublishError(describe_os_error(error)) from None
+    finally:
+        os.close(folder_fd)
+
+
 def open_destination_folder(path: Path) -> int:
     """The folder `path` lives in, reached without following a symlink (the consumer owns it and
     could swap a folder on the way for a link to somewhere only root may write)."""

@@ -7,7 +7,7 @@ import hashlib
 import json
 import stat
 from collections.abc import Callable
-from typing import Any
+from typing import Required, TypedDict, TypeVar
 
 from credsync.credential_health import claude_health
 from credsync.errors import CredsyncError, PublishError, Rejection, SourceUnavailable, UploadMissing
@@ -18,21 +18,81 @@ from credsync.notify_record import read_notification
 from credsync.publisher import read_current, stat_destination
 from credsync.routes import Route, RouteTable
 from credsync.settings import Settings
-from credsync.timefmt import now_ms, relative
+from credsync.timefmt import expiry, now_ms, relative
 from credsync.validators import validate
 
+Record = TypeVar("Record")
 
-def gather(settings: Settings, routes: RouteTable) -> dict[str, Any]:
+
+class UploadState(TypedDict, total=False):
+    present: Required[bool]
+    problem: str  # why it is absent, unreadable or refused: the fix
+    sha256_prefix: str
+    bytes: int
+
+
+class PublishedState(TypedDict):
+    at_ms: int
+    sha256_prefix: str
+    bytes: int
+
+
+class ConsumerChange(TypedDict):
+    at_ms: int
+    sha256_prefix: str
+
+
+class HeldState(TypedDict, total=False):
+    present: Required[bool]
+    problem: str
+    owner: str
+    mode: str
+    owner_and_mode_ok: bool
+    sha256_prefix: str
+    access_expires_ms: int | None  # these five for a Claude login only
+    refresh_expires_ms: int | None
+    has_refresh_token: bool
+    credential: str
+    problems: list[str]
+
+
+class RouteState(TypedDict):
+    route: str
+    kind: str
+    destination: str
+    upload: UploadState
+    published: PublishedState | None
+    consumer_change: ConsumerChange | None
+    held: HeldState
+
+
+class NotificationState(TypedDict):
+    at_ms: int
+    result: str
+    routes: str
+
+
+class StatusReport(TypedDict):
+    """What `status --json` prints: hashes, sizes, owners and times, never a secret."""
+
+    routes: list[RouteState]
+    notification: NotificationState | None
+
+
+def gather(settings: Settings, routes: RouteTable) -> StatusReport:
     ledger = Ledger(settings.state_dir)
     now = now_ms()
     source = SourceFolder(settings.source, settings.source_owner)
+    notification = read_notification(settings.state_dir)
     return {
         "routes": [route_status(settings, source, route, ledger, now) for route in routes],
-        "notification": read_notification(settings.state_dir),
+        "notification": None
+        if notification is None
+        else {"at_ms": notification.at_ms, "result": notification.result, "routes": notification.routes},
     }
 
 
-def route_status(settings: Settings, source: SourceFolder, route: Route, ledger: Ledger, now: int) -> dict[str, Any]:
+def route_status(settings: Settings, source: SourceFolder, route: Route, ledger: Ledger, now: int) -> RouteState:
     entry = ledger.last(route.upload)
     return {
         "route": route.upload,
@@ -49,7 +109,7 @@ def route_status(settings: Settings, source: SourceFolder, route: Route, ledger:
     }
 
 
-def upload_status(settings: Settings, source: SourceFolder, route: Route) -> dict[str, Any]:
+def upload_status(settings: Settings, source: SourceFolder, route: Route) -> UploadState:
     try:
         upload = source.read(route.upload, max_bytes=settings.max_bytes, settle_ns=0)
     except UploadMissing:
@@ -58,7 +118,7 @@ def upload_status(settings: Settings, source: SourceFolder, route: Route) -> dic
         return {"present": False, "problem": error.reason}
     except CredsyncError as error:
         return {"present": True, "problem": error.reason}
-    found: dict[str, Any] = {"present": True, "sha256_prefix": short_hash(upload.sha256), "bytes": len(upload.data)}
+    found: UploadState = {"present": True, "sha256_prefix": short_hash(upload.sha256), "bytes": len(upload.data)}
     try:
         validate(
             route.kind,
@@ -72,7 +132,7 @@ def upload_status(settings: Settings, source: SourceFolder, route: Route) -> dic
     return found
 
 
-def destination_status(settings: Settings, route: Route, now: int) -> dict[str, Any]:
+def destination_status(settings: Settings, route: Route, now: int) -> HeldState:
     try:
         info = stat_destination(route.destination)
         data = read_current(route.destination, settings.max_bytes) if info and stat.S_ISREG(info.st_mode) else None
@@ -82,7 +142,7 @@ def destination_status(settings: Settings, route: Route, now: int) -> dict[str, 
         return {"present": False}
     owner_ok = (info.st_uid, info.st_gid) == (route.uid, route.gid)
     mode_ok = stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == route.mode
-    held: dict[str, Any] = {
+    held: HeldState = {
         "present": True,
         "owner": f"{info.st_uid}:{info.st_gid}",
         "mode": f"{stat.S_IMODE(info.st_mode):04o}",
@@ -102,11 +162,11 @@ def destination_status(settings: Settings, route: Route, now: int) -> dict[str, 
     return held
 
 
-def render_json(report: dict[str, Any]) -> str:
+def render_json(report: StatusReport) -> str:
     return json.dumps(report, indent=2, sort_keys=True)
 
 
-def render_text(report: dict[str, Any]) -> str:
+def render_text(report: StatusReport) -> str:
     now = now_ms()
     lines = []
     for item in report["routes"]:
@@ -135,12 +195,12 @@ def render_text(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def labelled(label: str, record: dict[str, Any] | None, missing: str, describe: Callable[[dict[str, Any]], str]) -> str:
+def labelled(label: str, record: Record | None, missing: str, describe: Callable[[Record], str]) -> str:
     """One aligned line: `label`, then what `record` says, or `missing` when there is none."""
     return f"{label:<15}{missing if record is None else describe(record)}"
 
 
-def describe_upload(upload: dict[str, Any]) -> str:
+def describe_upload(upload: UploadState) -> str:
     if not upload["present"]:
         return f"absent: {upload['problem']}" if upload.get("problem") else "absent"
     if upload.get("problem"):
@@ -148,13 +208,7 @@ def describe_upload(upload: dict[str, Any]) -> str:
     return f"present, sha {upload['sha256_prefix']}, {upload['bytes']} bytes"
 
 
-def expiry(at_ms: int | None, now: int) -> str:
-    if at_ms is None:
-        return "expiry unknown"
-    return f"{'expired' if at_ms <= now else 'expires'} {relative(at_ms, now)}"
-
-
-def describe_held(held: dict[str, Any], now: int) -> list[str]:
+def describe_held(held: HeldState, now: int) -> list[str]:
     if not held["present"]:
         return [f"  destination  absent{': ' + held['problem'] if held.get('problem') else ''}"]
     mark = "✓" if held["owner_and_mode_ok"] else "✗ expected other owner or mode"

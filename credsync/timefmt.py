@@ -16,6 +16,13 @@ def relative(target_ms: int, now_ms: int) -> str:
     return f"in {span}" if delta_s >= 0 else f"{span} ago"
 
 
+def expiry(at_ms: int | None, now_ms: int) -> str:
+    """`expires in 7h 59m`, `expired 3h 2m ago`, or `expiry unknown`."""
+    if at_ms is None:
+        return "expiry unknown"
+    return f"{'expired' if at_ms <= now_ms else 'expires'} {relative(at_ms, now_ms)}"
+
+
 def duration(seconds: int) -> str:
     days, rest = divmod(seconds, 86_400)
     hours, rest = divmod(rest, 3_600)

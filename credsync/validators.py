@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from credsync.errors import Rejection
 from credsync.routes import Kind
 from credsync.setup_token import parse_setup_token
-from credsync.timefmt import relative
+from credsync.timefmt import expiry, relative
 
 MAX_NESTING = 32
 # A string, closed or running to the end: possessive, so a failed match never backtracks (the
@@ -49,6 +49,8 @@ KNOWN_NAMES = frozenset(
 # Section names are quoted when short: a profile name is what the operator needs to find the
 # problem, and no secret (40 characters and more) fits.
 QUOTABLE_SECTION = re.compile(r"^(?:(?:profile|sso-session|services) )?[A-Za-z0-9_.-]{1,24}$")
+# Scopes are shown when they look like scopes (user:inference), never a token-like string.
+QUOTABLE_SCOPE = re.compile(r"^[a-z]{1,16}(?::[a-z_]{1,32}){0,2}$")
 # What makes Claude Code run a command (settings.json, .claude.json) or an AWS SDK (INI files).
 CLAUDE_COMMAND_KEYS = (
     "apiKeyHelper",
@@ -83,6 +85,20 @@ class CredentialSummary:
     scopes: tuple[str, ...] = ()
     sections: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+
+    def described(self, now_ms: int) -> str:
+        """What `credsync validate` adds after "valid KIND": expiry, scopes, sections (each
+        section quoted only when short, as in reasons); empty when there is nothing to say."""
+        facts = []
+        if self.expires_at_ms is not None:
+            facts.append(f"access token {expiry(self.expires_at_ms, now_ms)}")
+        if self.refresh_expires_at_ms is not None:
+            facts.append(f"refresh token {expiry(self.refresh_expires_at_ms, now_ms)}")
+        if self.scopes:
+            facts.append("scopes " + " ".join(quote_scope(scope) for scope in self.scopes))
+        if self.sections:
+            facts.append("sections " + ", ".join(quote_section(section) for section in self.sections))
+        return f" ({'; '.join(facts)})" if facts else ""
 
 
 class ClaudeOauth(BaseModel):
@@ -258,6 +274,10 @@ def json_type(value: object) -> str:
 
 def quote_name(name: str) -> str:
     return repr(name) if name in KNOWN_NAMES else "(a key not shown)"
+
+
+def quote_scope(scope: str) -> str:
+    return scope if QUOTABLE_SCOPE.match(scope) else "(a scope not shown)"
 
 
 def quote_section(section: str) -> str:

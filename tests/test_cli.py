@@ -83,8 +83,9 @@ def test_validate_reports_each_file(tmp_path: Path) -> None:
     bad.write_bytes(b"[]")
     result = run_cli("validate", str(good), str(bad))
     assert result.returncode == 1
+    described = "access token expires in 7h 59m; scopes user:inference user:profile"
     assert result.stdout.splitlines() == [
-        f"{good}: valid claude-oauth",
+        f"{good}: valid claude-oauth ({described})",
         f"{bad}: invalid json: JSON top level is an array, expected an object",
     ]
     assert run_cli("validate", str(good)).returncode == 0
@@ -95,7 +96,8 @@ def test_validate_tells_the_kind_from_the_content_when_the_name_does_not(tmp_pat
     other.write_bytes(claude_credentials())
     assumed = run_cli("validate", str(other))
     assert assumed.returncode == 0
-    assert assumed.stdout.startswith(f"{other}: valid claude-oauth (kind assumed from the content; pass --kind")
+    assert assumed.stdout.startswith(f"{other}: valid claude-oauth (access token expires in ")
+    assert "(kind assumed from the content; pass --kind" in assumed.stdout
     assert run_cli("validate", "--kind=claude-oauth", str(other)).returncode == 0
     unknown = tmp_path / "notes.txt"
     unknown.write_bytes(b"hello\n")

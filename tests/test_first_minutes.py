@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from credsync.status import expiry
+from credsync.timefmt import expiry
 from tests.helpers import (
     Folders,
     WatchProcess,

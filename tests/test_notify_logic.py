@@ -78,7 +78,7 @@ class FakeProc:
 
 def test_a_pid_1_that_traps_hup_catches_it() -> None:
     verdict = receiver_verdict(FakeProc({1: ("sh", "0000000000010003")}), "SIGHUP")
-    assert verdict.catches and verdict.process == "sh (PID 1)"
+    assert verdict.catches and verdict.explanation == "sh (PID 1) handles SIGHUP"
 
 
 def test_node_as_pid_1_without_handler_would_ignore_it() -> None:
@@ -89,7 +89,7 @@ def test_node_as_pid_1_without_handler_would_ignore_it() -> None:
 def test_behind_an_init_the_child_decides() -> None:
     proc = FakeProc({1: ("docker-init", "0"), 7: ("node", "0000000000004002")}, {1: [7]})
     verdict = receiver_verdict(proc, "SIGHUP")
-    assert not verdict.catches and verdict.process == "node (child of docker-init)"
+    assert not verdict.catches and verdict.explanation.startswith("node (child of docker-init) has no SIGHUP handler")
     assert "kill the process" in verdict.explanation
     assert receiver_verdict(proc, "SIGWINCH").explanation.endswith("so it would be ignored")
     caught = FakeProc({1: ("tini", "0"), 7: ("node", "0000000000000001")}, {1: [7]})

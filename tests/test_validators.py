@@ -135,6 +135,20 @@ def test_aws_files_are_accepted() -> None:
     assert validate("aws-config", config, max_bytes=MAX, now_ms=NOW).sections == ("default", "profile bedrock")
 
 
+def test_a_valid_credential_is_described_by_expiry_and_scopes_never_by_a_secret() -> None:
+    said = validate("claude-oauth", oauth(), max_bytes=MAX, now_ms=NOW).described(NOW)
+    assert said == " (access token expires in 1h 0m; scopes user:inference)"
+    crafted = validate("claude-oauth", oauth(scopes=["user:inference", CANARY]), max_bytes=MAX, now_ms=NOW)
+    said = crafted.described(NOW)
+    assert CANARY not in said and said.endswith("scopes user:inference (a scope not shown))")
+
+
+def test_an_aws_file_is_described_by_its_sections_each_quoted_only_when_short() -> None:
+    config = f"[default]\nregion = eu-west-1\n[profile {CANARY}]\nregion = us-east-1\n".encode()
+    said = validate("aws-config", config, max_bytes=MAX, now_ms=NOW).described(NOW)
+    assert CANARY not in said and said == " (sections 'default', (a section not shown))"
+
+
 def test_nesting_depth_ignores_brackets_inside_strings() -> None:
     assert nesting_depth('{"a": "[[[[{{{{", "b": [1, [2]]}') == 3
     assert nesting_depth(r'{"a": "\"[[["}') == 1

@@ -56,8 +56,7 @@ class ProcReader(Protocol):
 @dataclass(frozen=True)
 class Verdict:
     catches: bool
-    process: str  # e.g. "node (PID 1)" or "node (child of docker-init)"
-    explanation: str
+    explanation: str  # names the process judged: "node (PID 1) …", "node (child of docker-init) …"
 
 
 def receiver_verdict(reader: ProcReader, signal_name: str) -> Verdict:
@@ -67,12 +66,12 @@ def receiver_verdict(reader: ProcReader, signal_name: str) -> Verdict:
     if first.name in FORWARDING_INITS:
         children = reader.read(reader.root_pid, f"task/{reader.root_pid}/children").split()
         if len(children) != 1:
-            return Verdict(False, label, f"init {first.name} has {len(children)} children to forward {signal_name} to")
+            return Verdict(False, f"init {first.name} has {len(children)} children to forward {signal_name} to")
         status = parse_status(reader.read(parse_pid(children[0]), "status"))
         label = f"{status.name} (child of {first.name})"
     if status.catches(signum):
-        return Verdict(True, label, f"{label} handles {signal_name}")
+        return Verdict(True, f"{label} handles {signal_name}")
     # The kernel drops unhandled signals to a namespace's PID 1; any other process gets the default action.
     harmless = status is first or signum in DEFAULT_IGNORED or status.ignored >> (signum - 1) & 1
     fate = "so it would be ignored" if harmless else "so it would kill the process"
-    return Verdict(False, label, f"{label} has no {signal_name} handler, {fate}")
+    return Verdict(False, f"{label} has no {signal_name} handler, {fate}")
