@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
     from credsync.notify import Notifier
     from credsync.notify.notifier import OutcomeListener
+    from credsync.swarm import SwarmRoller
 
 EXIT_OK = 0
 EXIT_REJECTED = 1
@@ -165,8 +166,8 @@ def run_watch(args: argparse.Namespace) -> int:
     tally, server = start_metrics(settings)
     try:
         pipeline = open_pipeline(settings, dry_run=False, tally=tally)
-        notifier = build_notifier(settings, tally, pipeline.notification_outcome)
-        return Daemon(pipeline, notifier, Liveness(settings.state_dir, SystemdEnvironment(), tally)).run()
+        announcer = build_roller(settings, pipeline) or build_notifier(settings, tally, pipeline.notification_outcome)
+        return Daemon(pipeline, announcer, Liveness(settings.state_dir, SystemdEnvironment(), tally)).run()
     except CredsyncError as error:
         logger.error(error.reason)
         return EXIT_USAGE
@@ -255,6 +256,15 @@ def build_notifier(
     from credsync.notify import Notifier
 
     return Notifier(settings, tally, listener)
+
+
+def build_roller(settings: Settings, pipeline: Pipeline) -> SwarmRoller | None:
+    """On a Swarm manager (CREDSYNC_SWARM_SERVICE), publications roll the delivery service."""
+    if settings.swarm_service is None:
+        return None
+    from credsync.swarm import SwarmRoller
+
+    return SwarmRoller(settings, pipeline.routes)
 
 
 def notify_now(pipeline: Pipeline, changed: dict[str, str], *, dry_run: bool) -> bool:

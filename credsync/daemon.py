@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from loguru import logger
 
@@ -23,8 +23,16 @@ from credsync.pipeline import Outcome, Pipeline
 from credsync.schedule import Schedule
 from credsync.watcher import Callbacks, Watcher
 
-if TYPE_CHECKING:
-    from credsync.notify import Notifier
+
+class Announcer(Protocol):
+    """Who is told of each publication: the notifier, or on a Swarm manager the roller."""
+
+    def changed(self, route: str, sha256: str) -> None: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
 
 WATCH_RETRY_S = 5.0
 WRITE_BACKSTOP_S = 1.0  # read an upload that was written to but not closed (hard links, held-open files)
@@ -94,7 +102,7 @@ class Daemon:
     def __init__(
         self,
         pipeline: Pipeline,
-        notifier: Notifier | None,
+        notifier: Announcer | None,
         liveness: Liveness,
         *,
         watcher: Callable[[Callbacks], FolderWatcher] | None = None,

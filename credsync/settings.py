@@ -155,6 +155,11 @@ class Settings(BaseSettings):
     debounce_ms: int = Field(500, ge=0, le=60_000, description="quiet time after a publication before notifying")
     debounce_max_ms: int = Field(5000, ge=0, le=600_000, description="longest a notification waits in a burst")
     docker_host: str = Field("unix:///var/run/docker.sock", description="Docker Engine API address")
+    swarm_service: str | None = Field(
+        None,
+        description="on a Swarm manager: store each published file as a Swarm secret and roll this global"
+        " delivery service (a name, or a service of credsync's own stack) to it, instead of notifying",
+    )
     http: ListenAddress | None = Field(None, description="HOST:PORT for /healthz and /metrics (off when unset)")
     expiry_warn_hours: int = Field(72, ge=0, le=24 * 365, description="warn this long before a token expires")
     consumer_refreshes: bool = Field(
@@ -175,6 +180,14 @@ class Settings(BaseSettings):
     def notifies(self) -> bool:
         """Is there anyone to tell? (auto without a target publishes only.)"""
         return self.notify != "none" and (self.notify_target is not None or self.notify == "http")
+
+    @model_validator(mode="after")
+    def _swarm_intake_does_not_notify(self) -> Settings:
+        if self.swarm_service is not None and self.notifies:
+            raise ValueError(
+                "CREDSYNC_SWARM_SERVICE replaces notification: the delivery tasks notify; unset CREDSYNC_NOTIFY*"
+            )
+        return self
 
     @model_validator(mode="after")
     def _notification_is_complete(self) -> Settings:

@@ -72,11 +72,26 @@ class NotificationState(TypedDict):
     routes: str
 
 
-class StatusReport(TypedDict):
+class FleetNode(TypedDict):
+    node: str
+    availability: str
+    task_state: str
+    sha12_by_target: dict[str, str]
+    in_step: bool
+
+
+class FleetState(TypedDict, total=False):
+    service: Required[str]
+    nodes: list[FleetNode]
+    problem: str  # the Swarm API could not be read
+
+
+class StatusReport(TypedDict, total=False):
     """What `status --json` prints: hashes, sizes, owners and times, never a secret."""
 
-    routes: list[RouteState]
-    notification: NotificationState | None
+    routes: Required[list[RouteState]]
+    notification: Required[NotificationState | None]
+    fleet: FleetState  # on a Swarm manager (CREDSYNC_SWARM_SERVICE): each node's delivery task
 
 
 def gather(settings: Settings, routes: RouteTable) -> StatusReport:
@@ -84,11 +99,40 @@ def gather(settings: Settings, routes: RouteTable) -> StatusReport:
     now = now_ms()
     source = SourceFolder(settings.source, settings.source_owner)
     notification = read_notification(settings.state_dir)
-    return {
+    report: StatusReport = {
         "routes": [route_status(settings, source, route, ledger, now) for route in routes],
         "notification": None
         if notification is None
         else {"at_ms": notification.at_ms, "result": notification.result, "routes": notification.routes},
+    }
+    if settings.swarm_service is not None:
+        report["fleet"] = fleet_status(settings, settings.swarm_service)
+    return report
+
+
+def fleet_status(settings: Settings, service: str) -> FleetState:
+    """Imported here: only a manager's status reads the Swarm (and loads the Docker SDK)."""
+    from credsync.notify.notifier import describe
+    from credsync.swarm import ENGINE_ERRORS, connect, fleet, resolve_service
+
+    try:
+        with connect(settings.docker_host) as client:
+            name = resolve_service(client, service)
+            nodes = fleet(client.api, name)
+    except ENGINE_ERRORS as error:
+        return {"service": service, "problem": describe(error)}
+    return {
+        "service": name,
+        "nodes": [
+            {
+                "node": node.node,
+                "availability": node.availability,
+                "task_state": node.task_state,
+                "sha12_by_target": node.sha12_by_target,
+                "in_step": node.in_step,
+            }
+            for node in nodes
+        ],
     }
 
 
@@ -192,7 +236,22 @@ def render_text(report: StatusReport) -> str:
             lambda note: f"{note['result']} {relative(note['at_ms'], now)} ({note['routes']})",
         )
     )
+    if "fleet" in report:
+        lines.extend(describe_fleet(report["fleet"]))
     return "\n".join(lines)
+
+
+def describe_fleet(fleet: FleetState) -> list[str]:
+    if "problem" in fleet:
+        return [f"fleet          {fleet['service']}: cannot read the Swarm: {fleet['problem']}"]
+    nodes = fleet.get("nodes", [])
+    in_step = sum(node["in_step"] for node in nodes)
+    lines = [f"fleet          {fleet['service']}: {in_step} of {len(nodes)} nodes in step"]
+    for node in nodes:
+        held = ", ".join(f"{target} {sha}" for target, sha in sorted(node["sha12_by_target"].items())) or "nothing"
+        mark = "✓" if node["in_step"] else "✗"
+        lines.append(f"  {mark} {node['node']:<14}{node['availability']:<16}{node['task_state']:<10}{held}")
+    return lines
 
 
 def labelled(label: str, record: Record | None, missing: str, describe: Callable[[Record], str]) -> str:

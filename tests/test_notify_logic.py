@@ -150,6 +150,7 @@ def test_notify_settings_are_checked() -> None:
 
 
 COMPOSE = {"com.docker.compose.project": "app-x1", "com.docker.compose.service": "webhook"}
+STACK = {"com.docker.stack.namespace": "hub", "com.docker.swarm.service.name": "hub_webhook"}
 
 
 @pytest.mark.parametrize(
@@ -164,6 +165,15 @@ COMPOSE = {"com.docker.compose.project": "app-x1", "com.docker.compose.service":
         (TargetSpec(container="hub"), "c1", {"name": "hub-2", "oldName": "/hub"}, True),  # renamed away
         (TargetSpec(container="hub"), "c1", {"name": "job-7"}, False),
         (TargetSpec(container="0123456789ab"), "0123456789abcdef", {"name": "x"}, True),
+        (TargetSpec(project="hub", service="webhook"), "c2", STACK, True),  # a Swarm stack's task
+        (TargetSpec(service="webhook"), "c2", STACK, True),
+        (TargetSpec(project="hub2", service="webhook"), "c2", STACK, False),
+        (
+            TargetSpec(project="hub", service="web"),
+            "c2",
+            {**STACK, "com.docker.swarm.service.name": "hub_webhook2"},
+            False,
+        ),
     ],
 )
 def test_which_engine_events_concern_the_target(

@@ -26,7 +26,7 @@ from credsync.container_env import current_container_id
 from credsync.notify.delivery import Snapshot
 from credsync.notify.proc_readers import ExecProc, HostProc, reader_for
 from credsync.notify.procstatus import ProcReadError, Verdict, receiver_verdict
-from credsync.notify.targets import ONEOFF_LABEL, PROJECT_LABEL, SERVICE_LABEL, TargetSpec, resolve
+from credsync.notify.targets import TargetSpec, project_and_service, resolve
 
 WATCHED_ACTIONS = ("start", "die", "destroy", "rename", "pause", "unpause")
 STARTUP_S = 10.0  # a verdict is not kept for a container younger than this: handlers are being installed
@@ -192,13 +192,12 @@ def own_pid_mode(client: docker.DockerClient) -> str:
 
 
 def concerns(spec: TargetSpec, container_id: str, attributes: Mapping[str, str]) -> bool:
-    """Could this container be the target? By name or ID, or by its compose labels."""
+    """Could this container be the target? By name or ID, or by its compose or stack labels."""
     if spec.container is not None:
         names = {attributes.get("name", ""), attributes.get("oldName", "").lstrip("/")}
         return spec.container in names or (len(spec.container) >= 12 and container_id.startswith(spec.container))
-    if attributes.get(ONEOFF_LABEL) == "True" or attributes.get(SERVICE_LABEL) != spec.service:
-        return False
-    return spec.project is None or attributes.get(PROJECT_LABEL) == spec.project
+    found = project_and_service(attributes)
+    return found is not None and found[1] == spec.service and spec.project in (None, found[0])
 
 
 def settled(started_at: str, now: float, startup_s: float = STARTUP_S) -> bool:

@@ -1,8 +1,10 @@
 """Which containers to notify: found again at every notification, so a recreated container is
-reached by its new ID. Compose services are found by their labels."""
+reached by its new ID. Compose services and Swarm stack services are found by their labels (a
+Swarm task asks its own node's Engine, so it finds the consumer's tasks on its own node)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import docker
@@ -14,6 +16,8 @@ from credsync.errors import ConfigError
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
+STACK_LABEL = "com.docker.stack.namespace"
+SWARM_SERVICE_LABEL = "com.docker.swarm.service.name"  # "<stack>_<service>"
 
 
 @dataclass(frozen=True)
@@ -49,10 +53,24 @@ def own_compose_project(client: docker.DockerClient) -> str:
     container_id = current_container_id()
     if container_id is None:
         raise ConfigError("service:NAME works only when credsync runs in a compose project; use PROJECT/SERVICE")
-    project = client.containers.get(container_id).labels.get(PROJECT_LABEL)
+    labels = client.containers.get(container_id).labels
+    project = labels.get(PROJECT_LABEL) or labels.get(STACK_LABEL)
     if not project:
-        raise ConfigError("credsync's container has no compose project label; use PROJECT/SERVICE or a name")
+        raise ConfigError("credsync's container has no compose project or stack label; use PROJECT/SERVICE or a name")
     return str(project)
+
+
+def project_and_service(labels: Mapping[str, str]) -> tuple[str, str] | None:
+    """The compose project and service of a container, or its Swarm stack and service; None for
+    a one-off `compose run` container or one of neither."""
+    if labels.get(ONEOFF_LABEL, "False") == "True":
+        return None
+    if PROJECT_LABEL in labels and SERVICE_LABEL in labels:
+        return labels[PROJECT_LABEL], labels[SERVICE_LABEL]
+    stack, swarm_service = labels.get(STACK_LABEL), labels.get(SWARM_SERVICE_LABEL, "")
+    if stack and swarm_service.startswith(stack + "_"):
+        return stack, swarm_service.removeprefix(stack + "_")
+    return None
 
 
 def resolve(client: docker.DockerClient, spec: TargetSpec, own_project: str | None) -> list[Container]:
@@ -64,6 +82,10 @@ def resolve(client: docker.DockerClient, spec: TargetSpec, own_project: str | No
             return []
         return [container] if container.status == "running" else []
     project = spec.project or own_project
-    labels = [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={spec.service}"]
-    found = client.containers.list(filters={"label": labels, "status": "running"})
-    return [container for container in found if container.labels.get(ONEOFF_LABEL, "False") != "True"]
+    found = []
+    for labels in (
+        [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={spec.service}"],
+        [f"{STACK_LABEL}={project}", f"{SWARM_SERVICE_LABEL}={project}_{spec.service}"],
+    ):
+        found += client.containers.list(filters={"label": labels, "status": "running"})
+    return [container for container in found if project_and_service(container.labels) == (project, spec.service)]
