@@ -1,40 +1,38 @@
-"""The results of `bench/run.py`, and what it makes of them: one table with ratios and target
-verdicts, docs/benchmarks.md and a latency CDF plot. matplotlib is needed only for the plot
-(the `bench` extra); it is imported when the plot is drawn."""
+"""The results of `python -m bench`, and what it makes of them: one table with ratios and target
+verdicts, docs/benchmarks.md and a latency CDF plot (matplotlib, the `bench` extra, is imported
+only to draw it)."""
 
 from __future__ import annotations
 
 import argparse
 import math
-import statistics
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from statistics import median
+from typing import NamedTuple
 
-from common import BenchError, IdleResult, markdown_table, percentile, ratio, text_table
+from bench import BenchError
 
 FAST, SIDECAR, DEFAULTS, SHELL, FLOOR = "credsync-0", "sidecar-0", "credsync", "shell", "floor"
 LANES = (FAST, SIDECAR, DEFAULTS, SHELL, FLOOR)
-LABELS = {
-    FAST: "credsync 0/0/0",
-    SIDECAR: "sidecar 0/0/0",
-    DEFAULTS: "credsync defaults",
-    SHELL: "shell script",
-    FLOOR: "floor",
-}
+LABELS = dict(
+    zip(LANES, ("credsync 0/0/0", "sidecar 0/0/0", "credsync defaults", "shell script", "floor"), strict=True)
+)
 COLOURS = {FAST: "tab:blue", SIDECAR: "tab:purple", DEFAULTS: "tab:cyan", SHELL: "tab:red", FLOOR: "tab:green"}
+SHORT = {FAST: "c0", SIDECAR: "sc0", DEFAULTS: "def", SHELL: "shell", FLOOR: "floor"}
+RATIO_COLUMNS = ((FAST, SHELL), (FAST, FLOOR), (SIDECAR, SHELL), (DEFAULTS, SHELL), (DEFAULTS, FLOOR))
 PLOT_NAME = "benchmarks-latency-cdf.png"
 DEFAULTS_GAP_S = 0.35  # after a HUP, the defaults lane's notifier is still in its 1 s grace check
-MB = 1_000_000
-MIB = 1024 * 1024
+MIB_PER_MB = 1_000_000 / (1024 * 1024)
 
 
 @dataclass
 class Latencies:
     publish: list[float] = field(default_factory=list)  # seconds, close of the last write → published
     signal: list[float] = field(default_factory=list)  # → HUP seen in the container (rounds, in order)
-    log: list[float] = field(default_factory=list)  # credsync: → its `published` log line
 
     def published_to_signal(self) -> list[float]:
         """Per signal round; the first len(signal) publish figures belong to those rounds."""
@@ -44,31 +42,90 @@ class Latencies:
 @dataclass(frozen=True)
 class Burst:
     uploads: int
-    files: int
     write_s: float  # writing all uploads took
     published_s: float | None  # first write → every file holds its final bytes; None: not in time
     last_signal_s: float | None
     publications: int  # files written or renamed into the destination
     signals: int
     lost: int
-    log: dict[str, int]  # credsync: log lines by message
     note: str = ""
+
+
+@dataclass(frozen=True)
+class Idle:
+    seconds: float
+    run_s: float  # CPU, from schedstat (ns resolution; clock ticks are 10 ms)
+    wakeups_per_s: float
+    hwm_mib: float  # summed over the processes: an upper bound of their joint peak
+
+    @property
+    def cpu_percent(self) -> float:
+        return 100 * self.run_s / self.seconds
 
 
 @dataclass
 class Results:
     latency: dict[str, Latencies] = field(default_factory=dict)
     bursts: dict[tuple[str, str], Burst] = field(default_factory=dict)
-    idle: dict[str, IdleResult] = field(default_factory=dict)
+    idle: dict[str, Idle] = field(default_factory=dict)
     startup: dict[str, list[float]] = field(default_factory=dict)
     imports: dict[str, list[float]] = field(default_factory=dict)
-    importtime: list[tuple[str, float]] = field(default_factory=list)
     health: dict[str, float] = field(default_factory=dict)  # CPU seconds per health check, by lane (+ "cli")
+    sections: dict[str, list[str]] = field(default_factory=dict)  # title -> preformatted lines (parse, soak)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # the run itself may be off: shown first
 
 
-# --------------------------------------------------------------------------- targets
+def percentile(values: Sequence[float], p: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * p / 100
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def ms(values: Sequence[float], p: float) -> float:
+    return percentile(values, p) * 1000
+
+
+def ratio(numerator: float, denominator: float) -> str:
+    if math.isnan(numerator) or math.isnan(denominator):
+        return "-"
+    if denominator <= 0:
+        return "n/a"
+    value = numerator / denominator
+    return f"{value:.2f}x" if value < 10 else f"{value:.0f}x"
+
+
+def numeric_columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[bool]:
+    """Columns (after the first) whose cells are all figures, ratios, `-` or empty: right-aligned."""
+    return [
+        column > 0 and all(re.fullmatch(r"-|n/a|[\d.,]+x?|", row[column]) for row in rows)
+        for column in range(len(header))
+    ]
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
+    right = numeric_columns(header, rows)
+
+    def line(cells: Sequence[str]) -> str:
+        aligned = (f"{cell:>{w}}" if r else f"{cell:<{w}}" for cell, w, r in zip(cells, widths, right, strict=True))
+        return "  ".join(aligned).rstrip()
+
+    return [line(header), "  ".join("-" * width for width in widths), *(line(row) for row in rows)]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The same as a GitHub table; a cell's leading spaces (a sub-row) become em spaces."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join("&emsp;" * ((len(c) - len(c.lstrip())) // 2) + c.lstrip() for c in cells) + " |"
+
+    rule = "|" + "|".join("---:" if right else ":---" for right in numeric_columns(header, rows)) + "|"
+    return [line(header), rule, *(line(row) for row in rows)]
 
 
 @dataclass(frozen=True)
@@ -82,21 +139,12 @@ class Verdict:
         return "PASS" if self.passed else "FAIL"
 
 
-def ms(values: Sequence[float], p: float) -> float:
-    return percentile(values, p) * 1000
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else math.nan
-
-
 def judge(results: Results) -> dict[str, Verdict]:
     """The issue's targets, each on the lane it is about: latency with settle and debounce 0
     (at the defaults they are the deliberate waits), bursts at the defaults (a debounce of 0
     notifies at once by design), idle and start-up of the daemon as deployed."""
-    lat = results.latency
-    publish = {lane: ms(lat[lane].publish, 50) for lane in lat}
-    signal = {lane: ms(lat[lane].signal, 50) for lane in lat}
+    publish = {lane: ms(latencies.publish, 50) for lane, latencies in results.latency.items()}
+    signal = {lane: ms(latencies.signal, 50) for lane, latencies in results.latency.items()}
     verdicts = {
         "publish": Verdict(
             "publish latency p50 <= 1.5x floor",
@@ -120,159 +168,96 @@ def judge(results: Results) -> dict[str, Verdict]:
     for scenario in ("distinct", "rewrites"):
         burst = results.bursts[(DEFAULTS, scenario)]
         seconds = burst.published_s
-        ok = seconds is not None and seconds <= 3.0 and burst.signals <= 3 and burst.lost == 0
-        shown = "not all published" if seconds is None else f"{seconds:.2f} s"
         verdicts[f"burst-{scenario}"] = Verdict(
             f"burst of {burst.uploads} ({scenario}) <= 3 s, <= 3 notifications, nothing lost",
-            ok,
-            f"{shown}, {burst.signals} HUPs, {burst.lost} lost",
+            seconds is not None and seconds <= 3.0 and burst.signals <= 3 and burst.lost == 0,
+            f"{'not all published' if seconds is None else f'{seconds:.2f} s'}, {burst.signals} HUPs,"
+            f" {burst.lost} lost",
         )
     idle = results.idle[DEFAULTS]
-    verdicts["idle"] = Verdict(
-        "idle <= 0.05 % CPU",
-        idle.cpu_percent <= 0.05,
-        f"{idle.cpu_percent:.4f} % ({idle.run_s:.4f} CPU s over {idle.seconds:.0f} s)",
-    )
-    hwm_mb = idle.hwm_mib * MIB / MB
+    cpu = f"{idle.cpu_percent:.4f} % ({idle.run_s:.4f} CPU s over {idle.seconds:.0f} s)"
+    verdicts["idle"] = Verdict("idle <= 0.05 % CPU", idle.cpu_percent <= 0.05, cpu)
+    hwm_mb = idle.hwm_mib / MIB_PER_MB
     verdicts["rss"] = Verdict(
         "peak RSS <= 45 MB", hwm_mb <= 45, f"{hwm_mb:.1f} MB = {idle.hwm_mib:.1f} MiB (VmHWM, 45 MB = 42.9 MiB)"
     )
     startup = median(results.startup[DEFAULTS])
-    verdicts["startup"] = Verdict(
-        "start-up to ready <= 0.6 s",
-        startup <= 0.6,
-        f"median {startup:.3f} s of {len(results.startup[DEFAULTS])} spawns",
-    )
+    spawns = f"median {startup:.3f} s of {len(results.startup[DEFAULTS])} spawns"
+    verdicts["startup"] = Verdict("start-up to ready <= 0.6 s", startup <= 0.6, spawns)
     return verdicts
 
 
-# --------------------------------------------------------------------------- the table
+# The target column: a verdict's key and how the table states it.
+TARGET_CELLS = {
+    "publish": "publish latency p50 <= 1.5x floor",
+    f"signal-{FAST}": f"signal latency p50 <= 1/2 shell, {LABELS[FAST]}",
+    "burst-distinct": "defaults: <= 3 s, <= 3 HUPs, 0 lost",
+    "burst-rewrites": "defaults: <= 3 s, <= 3 HUPs, 0 lost",
+    "idle": "defaults <= 0.05 %",
+    "rss": "defaults <= 45 MB = 42.9 MiB",
+    "startup": "defaults <= 0.6 s",
+}
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
     label: str
-    values: dict[str, float]  # by lane; NaN: not applicable
+    values: dict[str, float]  # by lane; NaN or missing: not applicable
     digits: int = 2
     ratios: bool = True
-    target: str = ""
+    target: str = ""  # a key of TARGET_CELLS, or "health"
 
 
-def latency_rows(results: Results, verdicts: dict[str, Verdict]) -> list[Row]:
-    lat = results.latency
-    rows = []
-    for figure, key in (("(1) last write -> published", "publish"), ("(2) last write -> HUP in container", "signal")):
+def rows(results: Results) -> list[Row]:
+    lat, idle, out = results.latency, results.idle, []
+    for figure, key, target in (
+        ("(1) last write -> published", "publish", "publish"),
+        ("(2) last write -> HUP in container", "signal", f"signal-{FAST}"),
+    ):
         for p in (50, 95, 99):
-            verdict = verdicts[key if key == "publish" else f"signal-{FAST}"]
-            target = f"{verdict.word} ({verdict.target})" if p == 50 else ""
             values = {lane: ms(getattr(lat[lane], key), p) for lane in LANES}
-            rows.append(Row(f"{figure}, p{p} ms", values, target=target))
-    rows.append(Row("    published -> HUP, p50 ms", {lane: ms(lat[lane].published_to_signal(), 50) for lane in LANES}))
-    return rows
-
-
-def burst_rows(results: Results, verdicts: dict[str, Verdict]) -> list[Row]:
-    rows = []
+            out.append(Row(f"{figure}, p{p} ms", values, target=target if p == 50 else ""))
+    out.append(Row("    published -> HUP, p50 ms", {lane: ms(lat[lane].published_to_signal(), 50) for lane in LANES}))
     for number, scenario in (("(3a)", "distinct"), ("(3b)", "rewrites")):
-        bursts = {lane: results.bursts.get((lane, scenario)) for lane in LANES}
-        uploads = results.bursts[(FAST, scenario)].uploads
+        bursts = {lane: burst for (lane, kind), burst in results.bursts.items() if kind == scenario}
+        uploads = bursts[DEFAULTS].uploads
         title = f"{uploads} distinct files" if scenario == "distinct" else f"{uploads} rewrites of one file"
-        verdict = verdicts[f"burst-{scenario}"]
-        rows += [
-            Row(
-                f"{number} {title}: all published, s",
-                burst_figure(bursts, "published_s"),
-                target=f"{verdict.word} (defaults: <= 3 s, <= 3 HUPs, 0 lost)",
-            ),
-            Row("    last HUP seen, s", burst_figure(bursts, "last_signal_s")),
-            Row("    publications", burst_figure(bursts, "publications"), digits=0, ratios=False),
-            Row("    notifications (HUPs seen)", burst_figure(bursts, "signals"), digits=0, ratios=False),
-            Row("    lost (final bytes not in place)", burst_figure(bursts, "lost"), digits=0, ratios=False),
-        ]
-    return rows
-
-
-def burst_figure(bursts: dict[str, Burst | None], name: str) -> dict[str, float]:
-    """One field of each lane's burst; NaN where it has none (no burst, or not all published in time)."""
-    values: dict[str, float] = {}
-    for lane, burst in bursts.items():
-        value = None if burst is None else getattr(burst, name)
-        values[lane] = math.nan if value is None else float(value)
-    return values
-
-
-def resource_rows(results: Results, verdicts: dict[str, Verdict]) -> list[Row]:
-    idle = results.idle
-    seconds = idle[DEFAULTS].seconds
-    imports = {name: median(times) for name, times in results.imports.items()}
-    floor_import = (imports["floor"] - imports["python"]) * 1000
-    full = (imports["credsync.cli+notify"] - imports["python"]) * 1000
-    cli = (imports["credsync.cli"] - imports["python"]) * 1000
+        for label, name, digits in (
+            (f"{number} {title}: all published, s", "published_s", 2),
+            ("    last HUP seen, s", "last_signal_s", 2),
+            ("    publications", "publications", 0),
+            ("    notifications (HUPs seen)", "signals", 0),
+            ("    lost (final bytes not in place)", "lost", 0),
+        ):
+            values = {lane: math.nan if getattr(b, name) is None else getattr(b, name) for lane, b in bursts.items()}
+            out.append(Row(label, values, digits, digits > 0, f"burst-{scenario}" if name == "published_s" else ""))
+    python = median(results.imports["python"])
+    imports = {name: (median(times) - python) * 1000 for name, times in results.imports.items()}
+    full, cli = imports["credsync.cli+notify"], imports["credsync.cli"]
+    startup = f"(5) spawn -> ready, median of {len(results.startup[DEFAULTS])}, s"
     return [
-        Row(f"(4) idle CPU seconds over {seconds:.0f} s", {lane: idle[lane].run_s for lane in LANES}, digits=4),
-        Row(
-            "    idle CPU, % of one core",
-            {lane: idle[lane].cpu_percent for lane in LANES},
-            digits=4,
-            target=f"{verdicts['idle'].word} (defaults <= 0.05 %)",
-        ),
-        Row("    wake-ups per second", {lane: idle[lane].wakeups_per_s for lane in LANES}),
-        Row(
-            "    peak RSS (VmHWM), MiB",
-            {lane: idle[lane].hwm_mib for lane in LANES},
-            digits=1,
-            target=f"{verdicts['rss'].word} (defaults <= 45 MB = 42.9 MiB)",
-        ),
-        Row(
-            f"(5) spawn -> ready, median of {len(results.startup[DEFAULTS])}, s",
-            {lane: median(results.startup[lane]) for lane in LANES},
-            digits=3,
-            target=f"{verdicts['startup'].word} (defaults <= 0.6 s)",
-        ),
-        Row(
-            "(6) imports over `python -c pass`, ms",
-            {FAST: full, SIDECAR: math.nan, DEFAULTS: full, SHELL: math.nan, FLOOR: floor_import},
-            digits=0,
-        ),
-        Row(
-            "    credsync.cli alone, ms",
-            {FAST: cli, SIDECAR: math.nan, DEFAULTS: cli, SHELL: math.nan, FLOOR: math.nan},
-            digits=0,
-        ),
-        Row(
-            "(7) health check, CPU ms per run",
-            {lane: results.health.get(lane, math.nan) * 1000 for lane in LANES},
-            digits=1,
-            ratios=False,
-            target=" ".join(f"{verdicts[f'health-{lane}'].word}" for lane in (DEFAULTS, SIDECAR)) + " (<= 20 ms)",
-        ),
+        *out,
+        Row(f"(4) idle CPU seconds over {idle[DEFAULTS].seconds:.0f} s", {k: v.run_s for k, v in idle.items()}, 4),
+        Row("    idle CPU, % of one core", {k: v.cpu_percent for k, v in idle.items()}, 4, target="idle"),
+        Row("    wake-ups per second", {k: v.wakeups_per_s for k, v in idle.items()}),
+        Row("    peak RSS (VmHWM), MiB", {k: v.hwm_mib for k, v in idle.items()}, 1, target="rss"),
+        Row(startup, {k: median(v) for k, v in results.startup.items()}, 3, target="startup"),
+        Row("(6) imports over `python -c pass`, ms", {FAST: full, DEFAULTS: full, FLOOR: imports["floor"]}, 0),
+        Row("    credsync.cli alone, ms", {FAST: cli, DEFAULTS: cli}, 0),
+        Row("(7) health check, CPU ms per run", {k: v * 1000 for k, v in results.health.items()}, 1, False, "health"),
     ]
 
 
-RATIO_COLUMNS = ((FAST, SHELL), (FAST, FLOOR), (SIDECAR, SHELL), (DEFAULTS, SHELL), (DEFAULTS, FLOOR))
-SHORT = {FAST: "c0", SIDECAR: "sc0", DEFAULTS: "def", SHELL: "shell", FLOOR: "floor"}
-
-
-def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
-    header = [
-        "figure",
-        *(LABELS[lane] for lane in LANES),
-        *(f"{SHORT[a]}/{SHORT[b]}" for a, b in RATIO_COLUMNS),
-        "target",
-    ]
+def table(results: Results, verdicts: dict[str, Verdict]) -> tuple[list[str], list[list[str]]]:
+    header = ["figure", *(LABELS[lane] for lane in LANES), *(f"{SHORT[a]}/{SHORT[b]}" for a, b in RATIO_COLUMNS)]
+    health = " ".join(verdicts[f"health-{lane}"].word for lane in (DEFAULTS, SIDECAR)) + " (<= 20 ms)"
     body = []
-    for row in rows:
-        cells = [row.label, *(number(row.values[lane], row.digits) for lane in LANES)]
-        cells += [ratio(row.values[a], row.values[b]) if row.ratios else "" for a, b in RATIO_COLUMNS]
-        body.append([*cells, row.target])
-    return header, body
-
-
-def number(value: float, digits: int) -> str:
-    return "-" if math.isnan(value) else f"{value:,.{digits}f}"
-
-
-# --------------------------------------------------------------------------- the summary
+    for row in rows(results):
+        values = {lane: row.values.get(lane, math.nan) for lane in LANES}
+        cells = [row.label, *("-" if math.isnan(v) else f"{v:,.{row.digits}f}" for v in values.values())]
+        cells += [ratio(values[a], values[b]) if row.ratios else "" for a, b in RATIO_COLUMNS]
+        target = f"{verdicts[row.target].word} ({TARGET_CELLS[row.target]})" if row.target in TARGET_CELLS else ""
+        body.append([*cells, health if row.target == "health" else target])
+    return [*header, "target"], body
 
 
 @dataclass
@@ -281,24 +266,16 @@ class Summary:
     args: argparse.Namespace
     elapsed_s: float
     date: datetime
-    verdicts: dict[str, Verdict]
-    rows: list[Row]
 
-    @classmethod
-    def of(cls, results: Results, args: argparse.Namespace, elapsed_s: float, date: datetime) -> Summary:
-        verdicts = judge(results)
-        rows = latency_rows(results, verdicts) + burst_rows(results, verdicts) + resource_rows(results, verdicts)
-        return cls(results, args, elapsed_s, date, verdicts, rows)
-
-    def method(self) -> list[str]:
-        args = self.args
-        extra = args.rounds - args.default_rounds
-        return [
+    def notes(self) -> tuple[list[str], list[str]]:
+        """(the method of this run, its environment and details)."""
+        args, results = self.args, self.results
+        method = [
             f"uploads: .credentials.json written in place like scp/cp; {args.rounds} timed per lane, after one"
             " warm-up; credsync 0/0/0, sidecar 0/0/0, shell and floor interleaved upload by upload",
             f"credsync defaults: {args.default_rounds} signal rounds, each started {DEFAULTS_GAP_S:g} s after the"
-            f" previous HUP, + {extra} publish-only uploads to its 3 Claude routes in turn (a signal round costs"
-            " >= 1.1 s: settle 250 + debounce 500 ms, grace 1 s)",
+            f" previous HUP, + {args.rounds - args.default_rounds} publish-only uploads to its 3 Claude routes in"
+            " turn (a signal round costs >= 1.1 s: settle 250 + debounce 500 ms, grace 1 s)",
             "last write = the clock read right after close() by a single-threaded SCHED_FIFO writer process"
             " (nothing the close wakes can run before that reading); published = the destination holds the"
             " bytes with owner 1001:1001 and mode 0600, seen by inotify; HUP = the consumer's line seen by"
@@ -313,126 +290,61 @@ class Summary:
             " process in the running sidecar (`docker exec`) and on the host (the probe file against the defaults"
             " lane's state); the whole CLI's `credsync health` on the host for comparison",
         ]
-
-    def lines(self, render: Callable[[Sequence[str], Sequence[Sequence[str]]], list[str]]) -> list[str]:
-        header, body = table(self.rows)
-        return render(header, body)
-
-    def text(self) -> str:
-        rule = "=" * 100
-        out = [
-            rule,
-            f"credsync vs the shell script vs the floor - {self.date:%Y-%m-%d %H:%M} UTC,"
-            f" run took {self.elapsed_s:.0f} s",
-            rule,
-            *self.lines(text_table),
-            *(f"WARNING: {warning}" for warning in self.results.warnings),
-            "",
-            "TARGETS",
-            *(f"  {v.word}  {v.target}: {v.detail}" for v in self.verdicts.values()),
-            "",
-            "NOTES",
-            *(f"  - {note}" for note in [*self.method(), *self.details()]),
-            rule,
-        ]
-        return "\n".join(out)
-
-    def details(self) -> list[str]:
-        results = self.results
-        notes = list(results.notes)
-        for lane in (FAST, DEFAULTS):
-            logged = results.latency[lane].log
-            if logged:
-                notes.append(
-                    f"{LABELS[lane]}: last write -> its 'published' log line (logged after the destination and the"
-                    " previous-generation copy)"
-                    f" p50 {ms(logged, 50):.2f} ms, p99 {ms(logged, 99):.2f} ms"
-                )
+        details = list(results.notes)
         for (lane, scenario), burst in results.bursts.items():
-            log = ", ".join(f"{count} {message}" for message, count in sorted(burst.log.items()) if count)
             note = f"; {burst.note}" if burst.note else ""
-            notes.append(
-                f"burst {scenario} {LABELS[lane]}: writing took {burst.write_s:.2f} s"
-                + (f"; log lines: {log}" if log else "")
-                + note
-            )
-        top = ", ".join(f"{name} {cumulative:.0f}" for name, cumulative in results.importtime[:8])
-        notes.append(f"-X importtime, cumulative ms of top-level packages for credsync.cli + credsync.notify: {top}")
-        startup = ", ".join(
-            f"{LABELS[lane]} {min(times):.3f}-{max(times):.3f}" for lane, times in results.startup.items()
-        )
-        notes.append(f"spawn -> ready range, s: {startup}")
-        return notes
+            details.append(f"burst {scenario} {LABELS[lane]}: writing took {burst.write_s:.2f} s{note}")
+        ranges = (f"{LABELS[lane]} {min(times):.3f}-{max(times):.3f}" for lane, times in results.startup.items())
+        return method, [*details, f"spawn -> ready range, s: {', '.join(ranges)}"]
 
-    def markdown(self, plot: str) -> str:
-        command = self.args.command
-        out = [
+    def render(self, markdown: bool) -> str:
+        """The table, the targets, the extra sections, the method and details: printed, or as the page."""
+        verdicts, (method, details) = judge(self.results), self.notes()
+        header, body = table(self.results, verdicts)
+        when = f"{self.date:%Y-%m-%d %H:%M} UTC"
+        if not markdown:
+            rule, sections = "=" * 100, {"targets": [f"  {v.word}  {v.target}: {v.detail}" for v in verdicts.values()]}
+            sections |= {**self.results.sections, "notes": [f"  - {note}" for note in [*method, *details]]}
+            head = [rule, f"credsync vs the shell script vs the floor - {when}, run took {self.elapsed_s:.0f} s", rule]
+            head += [*text_table(header, body), *(f"WARNING: {warning}" for warning in self.results.warnings)]
+            body_lines = [line for title, lines in sections.items() for line in ("", title.upper(), *lines)]
+            return "\n".join([*head, *body_lines, rule])
+        sections = {
+            "Targets": [f"- **{v.word}** {v.target}: {v.detail}" for v in verdicts.values()],
+            "Latency distribution": [f"![latency CDF: credsync vs the shell script vs the floor]({PLOT_NAME})"],
+            **{title: ["```text", *lines, "```"] for title, lines in self.results.sections.items()},
+            "Method": [f"- {line}" for line in method],
+            "Environment and details": [f"- {note}" for note in details],
+        }
+        head = [
             "# Benchmarks: credsync vs the shell script vs the floor",
             "",
-            f"Generated by `{command}` on {self.date:%Y-%m-%d %H:%M} UTC in {self.elapsed_s:.0f} s;"
-            " regenerated on every run, do not edit by hand. Every figure below comes from that one run.",
-            "",
-            "- **credsync 0/0/0**: `credsync watch --settle-ms=0 --debounce-ms=0 --notify-grace-ms=0`",
-            "- **sidecar 0/0/0**: the same flags in the credsync image, run with the compose file's options"
-            " (capabilities, read-only root, mounts, the notify layer's socket and the consumer's PID namespace),"
-            " by `docker run`",
-            "- **credsync defaults**: `credsync watch` (settle 250 ms, debounce 500 ms, notify grace 1000 ms)",
-            "- **shell script**: [`bench/shell_baseline.sh`](../bench/shell_baseline.sh), the ten lines a user would"
-            " write: `inotifywait -m -e close_write,moved_to | while read; install -o -g -m 600; docker kill -s HUP`",
-            "- **floor**: [`bench/floor.py`](../bench/floor.py): inotify + read + temp file + fchown + fsync + rename"
-            " + one Docker API kill on a client made once",
-            "",
-            "Ratios: c0 = credsync 0/0/0, sc0 = sidecar 0/0/0, def = credsync defaults, each divided by the shell"
-            " script or the floor.",
+            f"Generated by `{self.args.command}` on {when} in {self.elapsed_s:.0f} s; regenerated on every run, do not"
+            " edit by hand. Every figure below comes from that one run. The lanes (credsync 0/0/0 and defaults on the"
+            " host, sidecar 0/0/0 in its image, the shell script, the floor) and the figures:"
+            " [`bench/README.md`](../bench/README.md). Ratios: c0 = credsync 0/0/0, sc0 = sidecar 0/0/0, def ="
+            " credsync defaults, each divided by the shell script or the floor.",
             "",
             *(f"> **Warning**: {warning}\n" for warning in self.results.warnings),
-            *self.lines(markdown_table),
-            "",
-            "## Targets",
-            "",
-            *(f"- **{v.word}** {v.target}: {v.detail}" for v in self.verdicts.values()),
-            "",
-            "## Latency distribution",
-            "",
-            f"![latency CDF: credsync vs the shell script vs the floor]({plot})",
-            "",
-            "## Method",
-            "",
-            *(f"- {line}" for line in self.method()),
-            "",
-            "## Environment and details",
-            "",
-            *(f"- {note}" for note in self.details()),
-            "",
+            *markdown_table(header, body),
         ]
-        return "\n".join(out)
+        return "\n".join([*head, *(line for t, lines in sections.items() for line in ("", f"## {t}", "", *lines)), ""])
 
     def write_docs(self, folder: Path) -> list[Path]:
-        folder.mkdir(exist_ok=True)
-        plot = folder / PLOT_NAME
-        draw_cdf(self.results, plot)
-        page = folder / "benchmarks.md"
-        page.write_text(self.markdown(PLOT_NAME))
-        return [page, plot]
-
-
-# --------------------------------------------------------------------------- the plot
+        draw_cdf(self.results, folder / PLOT_NAME)
+        (folder / "benchmarks.md").write_text(self.render(markdown=True))
+        return [folder / "benchmarks.md", folder / PLOT_NAME]
 
 
 def require_plotting() -> None:
     try:
         import matplotlib  # type: ignore[import-not-found,unused-ignore]  # optional: the `bench` extra
     except ImportError:
-        raise BenchError(
-            "matplotlib is needed for docs/ (pip install -e '.[bench]'); or pass --no-docs to print only"
-        ) from None
-    del matplotlib
+        raise BenchError("matplotlib is needed for docs/ (scripts/venv test,bench); or pass --no-docs") from None
+    matplotlib.use("Agg")
 
 
 def draw_cdf(results: Results, path: Path) -> None:
-    import matplotlib  # type: ignore[import-not-found,unused-ignore]
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
 
     figure, axes = plt.subplots(1, 2, figsize=(12, 5.2), dpi=100, layout="constrained")

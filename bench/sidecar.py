@@ -5,6 +5,7 @@ folder. A compose key this does not translate fails the run: the lane must not d
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from collections.abc import Mapping
@@ -12,28 +13,33 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from common import REPO_ROOT, BenchError
+
+from bench import BenchError
+from tests.docker_env import REPO
+from tests.image_build import BASE_IMAGE
 
 IMAGE = "credsync:bench"
-BASE_IMAGE = "credsync-base:bookworm"
 COMPOSE_FILES = ("docker-compose.dokploy.yml", "docker-compose.notify.yml")
 SOCKET = "/var/run/docker.sock"
 # Keys that shape how compose builds, starts or connects it, not how it runs: the lane runs with
 # network none (the socket is a file) and is started by the bench.
 NOT_TRANSLATED = frozenset({"build", "image", "restart", "depends_on", "networks"})
 INTERPOLATION = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+LISTS = {"cap_drop": "--cap-drop", "cap_add": "--cap-add", "security_opt": "--security-opt", "tmpfs": "--tmpfs"}
+
+
+def run(command: list[str], what: str, timeout: float = 120) -> str:
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"{what} failed: {done.stdout.strip()[-300:]} {done.stderr.strip()[-600:]}")
+    return done.stdout
 
 
 def build_image() -> str:
     """The image from this tree, offline: the base from debootstrap (kept once built), the
     wheels served from the host (scripts/build-image)."""
-    for command in (
-        ["bash", "scripts/build-base-image", BASE_IMAGE],
-        ["bash", "scripts/build-image", IMAGE, BASE_IMAGE],
-    ):
-        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False)
-        if done.returncode != 0:
-            raise BenchError(f"{' '.join(command)} failed: {done.stderr.strip()[-600:]}")
+    run(["bash", "scripts/build-base-image", BASE_IMAGE], "scripts/build-base-image", 900)
+    run(["bash", "scripts/build-image", IMAGE, BASE_IMAGE], "scripts/build-image", 900)
     return IMAGE
 
 
@@ -41,8 +47,7 @@ def compose_service() -> dict[str, Any]:
     """The credsync service with the notify layer merged over it, as compose merges them."""
     merged: dict[str, Any] = {}
     for name in COMPOSE_FILES:
-        service = yaml.safe_load((REPO_ROOT / name).read_text())["services"]["credsync"]
-        for key, value in service.items():
+        for key, value in yaml.safe_load((REPO / name).read_text())["services"]["credsync"].items():
             if isinstance(value, dict):  # environment: the later file's values win
                 merged[key] = {**merged.get(key, {}), **value}
             elif isinstance(value, list):  # volumes, cap_add, security_opt...: compose adds them up
@@ -60,31 +65,20 @@ def defaulted(text: str) -> str:
 def run_options(mounts: Mapping[str, Path], webhook: str) -> list[str]:
     """`docker run` options for the service; `mounts` maps each container path to a host folder
     (the socket is mounted as itself), and the container `webhook` stands for that service."""
-    service = compose_service()
     options: list[str] = []
-    for key, value in service.items():
-        if key in NOT_TRANSLATED:
-            continue
-        if key == "cap_drop":
-            options += [f"--cap-drop={cap}" for cap in value]
-        elif key == "cap_add":
-            options += [f"--cap-add={cap}" for cap in value]
-        elif key == "security_opt":
-            options += [f"--security-opt={option}" for option in value]
-        elif key == "pid":
-            if value != "service:webhook":
-                raise BenchError(f"the sidecar lane cannot run `pid: {value}`")
-            options += [f"--pid=container:{webhook}"]
+    for key, value in compose_service().items():
+        if key in LISTS:
+            options += [f"{LISTS[key]}={entry}" for entry in value]
+        elif key == "pid" and value == "service:webhook":
+            options.append(f"--pid=container:{webhook}")
         elif key == "read_only":
             options += ["--read-only"] if value else []
-        elif key == "tmpfs":
-            options += [f"--tmpfs={entry}" for entry in value]
         elif key == "environment":
             options += [f"--env={name}={defaulted(str(text))}" for name, text in value.items()]
         elif key == "volumes":
             options += [volume_option(entry, mounts) for entry in value]
-        else:
-            raise BenchError(f"the compose file's credsync service has `{key}`, which the sidecar lane cannot run")
+        elif key not in NOT_TRANSLATED:
+            raise BenchError(f"the compose file's credsync service has `{key}: {value}`, which the lane cannot run")
     return options
 
 
@@ -95,13 +89,6 @@ def volume_option(entry: str, mounts: Mapping[str, Path]) -> str:
     if target not in mounts:
         raise BenchError(f"the compose file mounts {target} in the sidecar; the sidecar lane has no folder for it")
     return f"--volume={mounts[target]}:{target}" + (f":{mode[0]}" if mode else "")
-
-
-def container_pid(name: str) -> int:
-    done = subprocess.run(
-        ["docker", "inspect", "--format", "{{.State.Pid}}", name], capture_output=True, text=True, check=True
-    )
-    return int(done.stdout)
 
 
 PROBE_CPU = """
@@ -118,22 +105,12 @@ print((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / ru
 def cpu_per_run(python: list[str], runs: int, command: list[str]) -> float:
     """CPU seconds per run of `command`, user + system, counted by a parent started with `python`
     (a list: on the host the interpreter, in the sidecar `docker exec NAME` and its interpreter)."""
-    done = subprocess.run(
-        [*python, "-I", "-S", "-c", PROBE_CPU, str(runs), *command], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise BenchError(f"the health check failed: {done.stdout.strip()[-300:]} {done.stderr.strip()[-300:]}")
-    return float(done.stdout)
+    return float(run([*python, "-I", "-S", "-c", PROBE_CPU, str(runs), *command], "the health check"))
 
 
 def image_healthcheck(image: str) -> list[str]:
-    done = subprocess.run(
-        ["docker", "image", "inspect", "--format", "{{json .Config.Healthcheck.Test}}", image],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    test = yaml.safe_load(done.stdout)
+    inspect = ["docker", "image", "inspect", "--format", "{{json .Config.Healthcheck.Test}}", image]
+    test = json.loads(run(inspect, "docker image inspect"))
     if not test or test[0] != "CMD":
-        raise BenchError(f"{image} has no exec-form HEALTHCHECK: {done.stdout.strip()}")
+        raise BenchError(f"{image} has no exec-form HEALTHCHECK: {test}")
     return [str(part) for part in test[1:]]

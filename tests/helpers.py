@@ -142,21 +142,28 @@ class HasFolderFlags(Protocol):
 
 @dataclass
 class WatchProcess:
-    """`credsync watch --log-format json` in a subprocess; every log line is parsed and kept."""
+    """`credsync watch --log-format json` in a subprocess; every log line is parsed and kept.
+    With `command`, that command instead, in a session of its own (the bench's other lanes)."""
 
-    folders: HasFolderFlags
+    folders: HasFolderFlags | None
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     lines: list[LogLine] = field(default_factory=list)
+    command: list[str] | None = None
 
     def __post_init__(self) -> None:
         self._changed = threading.Condition()
+        if self.command is None:
+            assert self.folders is not None, "credsync watch needs its folders"
+            flags = [*self.folders.args(), "--log-format=json", "--log-level=DEBUG", *self.extra_args]
         self.process = subprocess.Popen(
-            credsync_command("watch", *self.folders.args(), "--log-format=json", "--log-level=DEBUG", *self.extra_args),
+            self.command or credsync_command("watch", *flags),
+            stdin=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
             env={**os.environ, **self.env},
+            start_new_session=self.command is not None,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -200,3 +200,26 @@ def fleet_in_step(report: dict[str, object]) -> int:
     fleet = report.get("fleet")
     assert isinstance(fleet, dict) and "problem" not in fleet, fleet
     return sum(1 for node in fleet["nodes"] if node["in_step"])
+
+
+def test_a_worker_down_during_the_upload_catches_up_when_it_returns(
+    swarm: Swarm, sshd: SshServer, tmp_path: Path
+) -> None:
+    subprocess.run([*LAB, "stop-node", "csw3"], check=True, timeout=120)
+    try:
+        data = claude_credentials(serial=3)
+        expected = ("1001:1001:600", hashlib.sha256(data).hexdigest())
+        upload(sshd, tmp_path, data)
+        wait_until(lambda: all(swarm.held(node) == expected for node in NODES[:2]), timeout=IN_PLACE_BOUND_S)
+    finally:
+        subprocess.run([*LAB, "start-node", "csw3"], check=True, timeout=180)
+    wait_until(lambda: swarm.held("csw3") == expected, timeout=IN_PLACE_BOUND_S, interval=0.5)
+    wait_until(lambda: fleet_in_step(swarm.status()) == len(NODES), timeout=90, interval=1)
+
+
+def test_a_node_that_joins_later_gets_the_current_credential(swarm: Swarm) -> None:
+    current = swarm.held("csw1")
+    assert current is not None
+    subprocess.run([*LAB, "add-node", "csw4"], check=True, timeout=300)
+    wait_until(lambda: swarm.held("csw4") == current, timeout=IN_PLACE_BOUND_S, interval=0.5)
+    wait_until(lambda: fleet_in_step(swarm.status()) == len(NODES) + 1, timeout=90, interval=1)
