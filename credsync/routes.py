@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from credsync.errors import ConfigError
 from credsync.settings import Mode, Owner, Settings, absolute_path
@@ -125,8 +125,8 @@ class RouteSpec(BaseModel):
     upload: str
     destination: str
     kind: Kind
-    owner: Owner | None = None
-    mode: Mode | None = None
+    owner: Owner | None = Field(None, description="UID:GID; unset: CREDSYNC_OWNER")
+    mode: Mode | None = Field(None, description="octal, e.g. 0600; unset: CREDSYNC_MODE")
 
 
 class RoutesFile(BaseModel):
