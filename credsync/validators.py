@@ -4,8 +4,11 @@ secret, or raise Rejection with a one-line reason that quotes no value from the 
 from __future__ import annotations
 
 import configparser
+import contextlib
+import gc
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,7 +191,8 @@ def parse_json_object(text: str) -> dict[str, Any]:
     """CPython's C decoder is linear in the input and stops at its recursion limit; the nesting
     cap is checked after it, on text known to be valid JSON."""
     try:
-        document = json.loads(text, object_pairs_hook=reject_duplicate_keys, parse_constant=reject_constant)
+        with collector_paused():
+            document = json.loads(text, object_pairs_hook=reject_duplicate_keys, parse_constant=reject_constant)
     except json.JSONDecodeError as error:
         message = error.msg.removesuffix(" at")  # "Unterminated string starting at" names no place
         raise Rejection(
@@ -204,6 +208,20 @@ def parse_json_object(text: str) -> dict[str, Any]:
     if nesting_depth(text) > MAX_NESTING:
         raise Rejection(f"JSON nests deeper than {MAX_NESTING} levels", code="nesting")
     return document
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic collector walks every container alive at each of its runs, so building a 1 MiB
+    document of nested arrays under it is superlinear (0.44 s at 1 MiB, 0.20 s without). Parsed
+    JSON holds no cycles: nothing is left for it meanwhile."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def nesting_depth(text: str) -> int:

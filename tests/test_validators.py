@@ -3,6 +3,7 @@ that quotes no secret; good input gives a summary without secrets."""
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -147,6 +148,20 @@ def test_an_aws_file_is_described_by_its_sections_each_quoted_only_when_short() 
     config = f"[default]\nregion = eu-west-1\n[profile {CANARY}]\nregion = us-east-1\n".encode()
     said = validate("aws-config", config, max_bytes=MAX, now_ms=NOW).described(NOW)
     assert CANARY not in said and said == " (sections 'default', (a section not shown))"
+
+
+def test_parsing_pauses_the_cyclic_collector_and_leaves_it_as_it_found_it() -> None:
+    # Paused while the document is built (the bench's parse section shows nested arrays linear
+    # up to 1 MiB with it, superlinear without); a rejection must not leave it off.
+    assert gc.isenabled()
+    assert "top level is an array" in check("json", b"[[1], [2]]")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        validate("json", b'{"a": [1]}', max_bytes=MAX, now_ms=NOW)
+        assert not gc.isenabled(), "it turned on a collector its caller had turned off"
+    finally:
+        gc.enable()
 
 
 def test_nesting_depth_ignores_brackets_inside_strings() -> None:
