@@ -10,7 +10,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -67,9 +67,10 @@ def intake_log() -> str:
     return done.stderr
 
 
-@dataclass(frozen=True)
+@dataclass
 class Swarm:
     uploads: Path
+    valid_sha12s: list[str] = field(default_factory=list)  # of every valid upload so far
 
     def held(self, node: str) -> tuple[str, str] | None:
         """Owner:group:mode and sha256 of the node's published .credentials.json, or None."""
@@ -150,7 +151,10 @@ def swarm(offline_build: OfflineBuild, sshd: SshServer, tmp_path_factory: pytest
         subprocess.run([*LAB, "down"], check=False, timeout=300)
 
 
-def upload(sshd: SshServer, tmp_path: Path, data: bytes) -> None:
+def upload(sshd: SshServer, tmp_path: Path, data: bytes, swarm: Swarm | None = None) -> None:
+    """scp to the manager; with `swarm`, the bytes are a valid upload it remembers."""
+    if swarm is not None:
+        swarm.valid_sha12s.append(hashlib.sha256(data).hexdigest()[:12])
     local = tmp_path / "upload.json"
     local.write_bytes(data)
     sshd.scp(local, "claude-uploads/.credentials.json", legacy=False)
@@ -163,7 +167,7 @@ def test_one_scp_to_the_manager_reaches_every_node_once_without_restarting_a_con
     data = claude_credentials(serial=1)
     expected = ("1001:1001:600", hashlib.sha256(data).hexdigest())
     started = time.monotonic()
-    upload(sshd, tmp_path, data)
+    upload(sshd, tmp_path, data, swarm)
     wait_until(lambda: all(swarm.held(node) == expected for node in NODES), timeout=IN_PLACE_BOUND_S, interval=0.5)
     in_place_s = time.monotonic() - started
     wait_until(lambda: all(swarm.signals(node) == 1 for node in NODES), timeout=30, interval=0.5)
@@ -189,11 +193,13 @@ def test_a_new_upload_rolls_every_node_and_the_superseded_secret_goes(
 ) -> None:
     data = claude_credentials(serial=2)
     sha = hashlib.sha256(data).hexdigest()
-    upload(sshd, tmp_path, data)
+    upload(sshd, tmp_path, data, swarm)
     wait_until(lambda: all(swarm.held(node) == ("1001:1001:600", sha) for node in NODES), timeout=IN_PLACE_BOUND_S)
     wait_until(lambda: swarm.secrets() == [f"credsync-credentials.json-{sha[:12]}"], timeout=90, interval=1)
     stored = [json.loads(line)["sha"] for line in intake_log().splitlines() if "stored as a Swarm secret" in line]
-    assert len(stored) == 2 and stored[-1] == sha[:12], "only the two valid uploads became secrets"
+    assert set(stored) <= set(swarm.valid_sha12s) and stored[-1] == sha[:12], (
+        f"secrets stored for {stored}, valid uploads {swarm.valid_sha12s}: the invalid one must never be stored"
+    )
 
 
 def fleet_in_step(report: dict[str, object]) -> int:
@@ -209,7 +215,7 @@ def test_a_worker_down_during_the_upload_catches_up_when_it_returns(
     try:
         data = claude_credentials(serial=3)
         expected = ("1001:1001:600", hashlib.sha256(data).hexdigest())
-        upload(sshd, tmp_path, data)
+        upload(sshd, tmp_path, data, swarm)
         wait_until(lambda: all(swarm.held(node) == expected for node in NODES[:2]), timeout=IN_PLACE_BOUND_S)
     finally:
         subprocess.run([*LAB, "start-node", "csw3"], check=True, timeout=180)
