@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -69,7 +71,7 @@ def intake_log() -> str:
 
 @dataclass
 class Swarm:
-    uploads: Path
+    uploads: Path  # the sshd user's, made for this module (others' tests leave uploads in theirs)
     valid_sha12s: list[str] = field(default_factory=list)  # of every valid upload so far
 
     def held(self, node: str) -> tuple[str, str] | None:
@@ -125,8 +127,8 @@ def swarm(offline_build: OfflineBuild, sshd: SshServer, tmp_path_factory: pytest
         stack = tmp_path_factory.mktemp("hub") / "hub.yml"
         stack.write_text(CONSUMER_STACK % BUSYBOX_IMAGE)
         docker("csw1", "stack", "deploy", "--resolve-image", "never", "-c", str(stack), "hub")
-        uploads = sshd.user.home / "claude-uploads"
-        uploads.mkdir(mode=0o700, exist_ok=True)
+        uploads = sshd.user.home / f"swarm-uploads-{secrets.token_hex(4)}"
+        uploads.mkdir(mode=0o700)
         os.chown(uploads, sshd.user.uid, sshd.user.gid)
         environment = {
             **os.environ,
@@ -149,15 +151,17 @@ def swarm(offline_build: OfflineBuild, sshd: SshServer, tmp_path_factory: pytest
         yield lab
     finally:
         subprocess.run([*LAB, "down"], check=False, timeout=300)
+        for leftover in sshd.user.home.glob("swarm-uploads-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
-def upload(sshd: SshServer, tmp_path: Path, data: bytes, swarm: Swarm | None = None) -> None:
-    """scp to the manager; with `swarm`, the bytes are a valid upload it remembers."""
-    if swarm is not None:
+def upload(sshd: SshServer, swarm: Swarm, tmp_path: Path, data: bytes, *, valid: bool = True) -> None:
+    """scp to the manager's upload folder; a valid upload's hash is remembered."""
+    if valid:
         swarm.valid_sha12s.append(hashlib.sha256(data).hexdigest()[:12])
     local = tmp_path / "upload.json"
     local.write_bytes(data)
-    sshd.scp(local, "claude-uploads/.credentials.json", legacy=False)
+    sshd.scp(local, f"{swarm.uploads.name}/.credentials.json", legacy=False)
 
 
 def test_one_scp_to_the_manager_reaches_every_node_once_without_restarting_a_consumer(
@@ -167,7 +171,7 @@ def test_one_scp_to_the_manager_reaches_every_node_once_without_restarting_a_con
     data = claude_credentials(serial=1)
     expected = ("1001:1001:600", hashlib.sha256(data).hexdigest())
     started = time.monotonic()
-    upload(sshd, tmp_path, data, swarm)
+    upload(sshd, swarm, tmp_path, data)
     wait_until(lambda: all(swarm.held(node) == expected for node in NODES), timeout=IN_PLACE_BOUND_S, interval=0.5)
     in_place_s = time.monotonic() - started
     wait_until(lambda: all(swarm.signals(node) == 1 for node in NODES), timeout=30, interval=0.5)
@@ -181,7 +185,7 @@ def test_one_scp_to_the_manager_reaches_every_node_once_without_restarting_a_con
 
 def test_an_invalid_upload_creates_no_secret_and_changes_no_node(swarm: Swarm, sshd: SshServer, tmp_path: Path) -> None:
     before = ({node: swarm.held(node) for node in NODES}, swarm.secrets())
-    upload(sshd, tmp_path, b'{"claudeAiOauth": {"accessToken": "' + CANARY.encode() + b'"}}')
+    upload(sshd, swarm, tmp_path, b'{"claudeAiOauth": {"accessToken": "' + CANARY.encode() + b'"}}', valid=False)
     # The intake's decision is the event to await; a roll, had there been one, starts after it.
     wait_until(lambda: '"rejected"' in intake_log(), timeout=30, interval=0.5)
     assert ({node: swarm.held(node) for node in NODES}, swarm.secrets()) == before
@@ -193,13 +197,11 @@ def test_a_new_upload_rolls_every_node_and_the_superseded_secret_goes(
 ) -> None:
     data = claude_credentials(serial=2)
     sha = hashlib.sha256(data).hexdigest()
-    upload(sshd, tmp_path, data, swarm)
+    upload(sshd, swarm, tmp_path, data)
     wait_until(lambda: all(swarm.held(node) == ("1001:1001:600", sha) for node in NODES), timeout=IN_PLACE_BOUND_S)
     wait_until(lambda: swarm.secrets() == [f"credsync-credentials.json-{sha[:12]}"], timeout=90, interval=1)
     stored = [json.loads(line)["sha"] for line in intake_log().splitlines() if "stored as a Swarm secret" in line]
-    assert set(stored) <= set(swarm.valid_sha12s) and stored[-1] == sha[:12], (
-        f"secrets stored for {stored}, valid uploads {swarm.valid_sha12s}: the invalid one must never be stored"
-    )
+    assert stored == swarm.valid_sha12s, f"secrets stored for {stored}, valid uploads {swarm.valid_sha12s}"
 
 
 def fleet_in_step(report: dict[str, object]) -> int:
@@ -215,7 +217,7 @@ def test_a_worker_down_during_the_upload_catches_up_when_it_returns(
     try:
         data = claude_credentials(serial=3)
         expected = ("1001:1001:600", hashlib.sha256(data).hexdigest())
-        upload(sshd, tmp_path, data, swarm)
+        upload(sshd, swarm, tmp_path, data)
         wait_until(lambda: all(swarm.held(node) == expected for node in NODES[:2]), timeout=IN_PLACE_BOUND_S)
     finally:
         subprocess.run([*LAB, "start-node", "csw3"], check=True, timeout=180)
