@@ -7,7 +7,7 @@ import hashlib
 import json
 import stat
 from collections.abc import Callable
-from typing import Required, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Required, TypedDict, TypeVar
 
 from credsync.credential_health import claude_health
 from credsync.errors import CredsyncError, PublishError, Rejection, SourceUnavailable, UploadMissing
@@ -20,6 +20,9 @@ from credsync.routes import Route, RouteTable
 from credsync.settings import Settings
 from credsync.timefmt import expiry, now_ms, relative
 from credsync.validators import validate
+
+if TYPE_CHECKING:
+    from credsync.swarm import FleetNode  # the Swarm API (and the Docker SDK) only where asked
 
 Record = TypeVar("Record")
 
@@ -72,14 +75,6 @@ class NotificationState(TypedDict):
     routes: str
 
 
-class FleetNode(TypedDict):
-    node: str
-    availability: str
-    task_state: str
-    sha12_by_target: dict[str, str]
-    in_step: bool
-
-
 class FleetState(TypedDict, total=False):
     service: Required[str]
     nodes: list[FleetNode]
@@ -121,19 +116,7 @@ def fleet_status(settings: Settings, service: str) -> FleetState:
             nodes = fleet(client.api, name)
     except ENGINE_ERRORS as error:
         return {"service": service, "problem": describe(error)}
-    return {
-        "service": name,
-        "nodes": [
-            {
-                "node": node.node,
-                "availability": node.availability,
-                "task_state": node.task_state,
-                "sha12_by_target": node.sha12_by_target,
-                "in_step": node.in_step,
-            }
-            for node in nodes
-        ],
-    }
+    return {"service": name, "nodes": nodes}
 
 
 def route_status(settings: Settings, source: SourceFolder, route: Route, ledger: Ledger, now: int) -> RouteState:

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import docker
 import requests
@@ -196,8 +196,7 @@ def prune(client: docker.APIClient, service: dict[str, Any]) -> None:
             logger.bind(secret=secret["Spec"]["Name"]).info("removed a superseded secret")
 
 
-@dataclass(frozen=True)
-class NodeState:
+class FleetNode(TypedDict):
     node: str
     availability: str
     task_state: str  # of its newest delivery task; "none" before one was scheduled
@@ -205,7 +204,7 @@ class NodeState:
     in_step: bool  # running, with the secrets the service names now
 
 
-def fleet(client: docker.APIClient, service_name: str) -> list[NodeState]:
+def fleet(client: docker.APIClient, service_name: str) -> list[FleetNode]:
     """Per node, what its delivery task holds: read from the Swarm API alone."""
     service = client.inspect_service(service_name)  # type: ignore[no-untyped-call]
     wanted = ids(service["Spec"]["TaskTemplate"]["ContainerSpec"].get("Secrets") or [])
@@ -214,18 +213,18 @@ def fleet(client: docker.APIClient, service_name: str) -> list[NodeState]:
         node = task.get("NodeID", "")
         if node and task["Version"]["Index"] > newest.get(node, {"Version": {"Index": -1}})["Version"]["Index"]:
             newest[node] = task
-    states = []
+    states: list[FleetNode] = []
     for node in client.nodes():
         task = newest.get(node["ID"])
         refs = [] if task is None else task["Spec"]["ContainerSpec"].get("Secrets") or []
         task_state = "none" if task is None else task["Status"]["State"]
         states.append(
-            NodeState(
-                node=node["Description"]["Hostname"],
-                availability=f"{node['Status']['State']}/{node['Spec']['Availability']}",
-                task_state=task_state,
-                sha12_by_target={ref["File"]["Name"]: ref["SecretName"].rsplit("-", 1)[-1] for ref in refs},
-                in_step=task_state == "running" and ids(refs) == wanted,
-            )
+            {
+                "node": node["Description"]["Hostname"],
+                "availability": f"{node['Status']['State']}/{node['Spec']['Availability']}",
+                "task_state": task_state,
+                "sha12_by_target": {ref["File"]["Name"]: ref["SecretName"].rsplit("-", 1)[-1] for ref in refs},
+                "in_step": task_state == "running" and ids(refs) == wanted,
+            }
         )
-    return sorted(states, key=lambda state: state.node)
+    return sorted(states, key=lambda state: state["node"])
