@@ -211,8 +211,9 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def run_health(args: argparse.Namespace) -> int:
-    """0 only after the first reconcile and while the watcher lives. Docker's HEALTHCHECK runs
-    health_probe.py itself, which answers the same at a fraction of the CPU."""
+    """0 only after the first reconcile, while the watcher lives and no upload waits on a failed
+    publish. Docker's HEALTHCHECK runs health_probe.py itself, which answers the same at a
+    fraction of the CPU."""
     settings = settings_from(args)
     try:
         print(check_health(str(settings.state_dir)))

@@ -126,6 +126,8 @@ class Daemon:
         self._loop_thread: int | None = None  # the thread running `serve`
         self._rescan_reason: str | None = None
         self._watching = False
+        self._failing: set[str] = set()  # uploads whose publish failed, until one succeeds
+        self._failing_said = 0  # as the health file last said
         self._watch_problem: str | None = None
         # Uploads whose writer has closed them (or renamed them into place) since they were last
         # read. Anything else is read only by the backstop, and may still be half written.
@@ -205,7 +207,8 @@ class Daemon:
         self.reconcile("start-up")
         self.pipeline.ledger.flush()
         self._watching = self.watcher.healthy()
-        self.liveness.ready(watching=self._watching)
+        self._failing_said = len(self._failing)
+        self.liveness.ready(watching=self._watching, failing=self._failing_said)
         logger.bind(watching=self._watching).info("ready")
         next_reconcile = self.clock() + self._rescan_interval(self._watching)
         next_beat = self.clock() + self.liveness.interval_s
@@ -245,9 +248,9 @@ class Daemon:
                     self.reconcile(reason)
                 next_reconcile = self.clock() + self._rescan_interval(healthy)
             self.pipeline.ledger.flush()
-            if self.clock() >= next_beat or healthy != self._watching:
-                self._watching = healthy
-                self.liveness.beat(watching=self._watching)
+            if self.clock() >= next_beat or healthy != self._watching or len(self._failing) != self._failing_said:
+                self._watching, self._failing_said = healthy, len(self._failing)
+                self.liveness.beat(watching=self._watching, failing=self._failing_said)
                 next_beat = self.clock() + self.liveness.interval_s
 
     def _check_consumer_side(self, name: str) -> None:
@@ -310,6 +313,7 @@ class Daemon:
             logger.bind(route=printable(name)).error(
                 f"cannot process the upload: {type(error).__name__}{detail}; retrying"
             )
+            self._failing.add(name)
             self.schedule.retry(name)
             return
         if result.outcome is Outcome.UNSETTLED:
@@ -317,8 +321,10 @@ class Daemon:
                 self._closed.add(name)
             self.schedule.arm(name, UNSETTLED_RECHECK_S)
         elif result.outcome is Outcome.FAILED:
+            self._failing.add(name)
             self.schedule.retry(name)
         else:
+            self._failing.discard(name)
             self.schedule.succeeded(name)
         if result.changed_destination:
             self.liveness.status(f"{result.outcome.value} {result.name} {short_hash(result.sha256)}")

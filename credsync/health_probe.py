@@ -1,4 +1,4 @@
-"""Is `credsync watch` ready, watching and beating? Read from the health file it keeps in its
+"""Is `credsync watch` ready, watching, beating and publishing? Read from the health file it keeps in its
 state folder. Runnable as a file by `python -I -S`, importing only modules the interpreter has
 loaded at start-up (posix, sys, time), so Docker's HEALTHCHECK costs a bare interpreter start
 (about 15 ms of CPU), not the whole CLI's imports. (The file is `key=value` words, not JSON: `import json` alone would
@@ -23,12 +23,15 @@ class Unhealthy(Exception):
 
 def check_health(state_dir: str) -> str:
     """Healthy: the daemon that wrote the file is alive, did its first reconcile, its watcher
-    lives, and its heartbeat is recent. Returns a summary or raises Unhealthy with why not."""
+    lives, its heartbeat is recent, and no upload it took is waiting on a failed publish (a
+    Swarm roll counts a delivery task as updated once it is healthy: healthy means in place).
+    Returns a summary or raises Unhealthy with why not."""
     path = f"{state_dir.rstrip('/')}/{HEALTH_FILE}"
     try:
         with open(path, encoding="utf-8") as file:
             record = parse_record(file.read(4096))
         pid, ready, watching = int(record["pid"]), record["ready"] == "1", record["watching"] == "1"
+        failing = int(record["failing"])
         heartbeat_s, interval_s = int(record["heartbeat_ms"]) / 1000, float(record["interval_s"])
     except FileNotFoundError:
         raise Unhealthy(
@@ -49,18 +52,21 @@ def check_health(state_dir: str) -> str:
         raise Unhealthy("the watcher is down: the source folder cannot be watched")
     if age_s > STALE_AFTER_BEATS * interval_s:
         raise Unhealthy(f"no heartbeat for {age_s:.0f}s: the daemon is stuck")
+    if failing:
+        raise Unhealthy(f"{failing} upload(s) could not be published; the log says why, and credsync retries")
     return f"healthy: pid {pid}, watching, heartbeat {age_s:.0f}s ago"
 
 
-def format_record(pid: int, *, ready: bool, watching: bool, heartbeat_ms: int, interval_s: float) -> str:
+def format_record(pid: int, *, ready: bool, watching: bool, failing: int, heartbeat_ms: int, interval_s: float) -> str:
     return (
-        f"pid={pid} ready={int(ready)} watching={int(watching)} heartbeat_ms={heartbeat_ms} interval_s={interval_s}\n"
+        f"pid={pid} ready={int(ready)} watching={int(watching)} failing={failing}"
+        f" heartbeat_ms={heartbeat_ms} interval_s={interval_s}\n"
     )
 
 
 def parse_record(text: str) -> dict[str, str]:
     fields = dict(word.partition("=")[::2] for word in text.split())
-    missing = {"pid", "ready", "watching", "heartbeat_ms", "interval_s"} - fields.keys()
+    missing = {"pid", "ready", "watching", "failing", "heartbeat_ms", "interval_s"} - fields.keys()
     if missing:
         raise ValueError(f"no {', '.join(sorted(missing))}")
     return fields

@@ -59,24 +59,26 @@ class Liveness:
         self.uses_watchdog = watchdog_applies and self.systemd is not None
         self._ready = False
 
-    def ready(self, *, watching: bool) -> None:
+    def ready(self, *, watching: bool, failing: int) -> None:
+        """`failing`: uploads whose publish failed and waits for its retry."""
         self._ready = True
-        self._write_health(watching)
+        self._write_health(watching, failing)
         if self.systemd is not None:
             self.systemd.send("READY=1", f"STATUS=watching, first reconcile done (pid {os.getpid()})")
 
-    def beat(self, *, watching: bool) -> None:
-        """Called every `interval_s` and whenever the watcher's state changes."""
-        self._write_health(watching)
+    def beat(self, *, watching: bool, failing: int) -> None:
+        """Called every `interval_s` and whenever the watcher's state or `failing` changes."""
+        self._write_health(watching, failing)
         if self.uses_watchdog and self.systemd is not None:
             self.systemd.send("WATCHDOG=1")  # the loop is alive; a lost watcher shows in STATUS and health
 
-    def _write_health(self, watching: bool) -> None:
+    def _write_health(self, watching: bool, failing: int) -> None:
         self.tally.health(ready=self._ready, watching=watching)
         record = format_record(
             os.getpid(),
             ready=self._ready,
             watching=watching,
+            failing=failing,
             heartbeat_ms=time.time_ns() // 1_000_000,
             interval_s=self.interval_s,
         )

@@ -3,9 +3,9 @@
 On a manager, credsync publishes each upload into a private staging folder as usual (read
 safely, validated, decided, in the ledger), then stores every staged file as a Swarm secret
 (encrypted in the Raft log, sent only to the nodes that run a task using it, on tmpfs) and
-points the global delivery service at the new secrets. Swarm rolls that service's tasks node by
-node under the service's own update config; each task is `credsync watch` with /run/secrets as
-its source, publishing into its node's volume and notifying the consumers on its node.
+points the global delivery service at the new secrets. Swarm rolls that service's tasks under
+the service's own update config (the stack file's: every node at once); each task is
+`credsync watch` with /run/secrets as its source, publishing into its node's volume and notifying the consumers on its node.
 
 The state is the staged files: `converge` makes the service spec name their secrets, whatever
 happened before (a crash mid-roll, a stack redeployed with no secrets), and removes the secrets
@@ -201,7 +201,9 @@ class FleetNode(TypedDict):
     availability: str
     task_state: str  # of its newest delivery task; "none" before one was scheduled
     sha12_by_target: dict[str, str]
-    in_step: bool  # running, with the secrets the service names now
+    # Running with the secrets the service names now. Swarm starts a task with a health check as
+    # "running" only once healthy, and a delivery task is healthy only with no publish failing.
+    in_step: bool
 
 
 def fleet(client: docker.APIClient, service_name: str) -> list[FleetNode]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
+from credsync.backoff import CAP_S as RETRY_CAP_S
 from credsync.daemon import WRITE_BACKSTOP_S, Daemon
 from credsync.health_probe import Unhealthy, check_health
 from credsync.ledger import Ledger
@@ -188,3 +189,28 @@ def test_a_second_upload_to_the_same_route_replaces_the_first_and_keeps_it_priva
     kept = loop.settings.state_dir / "previous" / CREDENTIALS
     assert json.loads(kept.read_bytes()) == json.loads(first)
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+
+
+def unhealthy_reason(state_dir: Path) -> str:
+    try:
+        return check_health(str(state_dir))
+    except Unhealthy as reason:
+        return str(reason)
+
+
+def test_a_failed_publish_makes_the_daemon_unhealthy_until_its_retry_succeeds(loop: Loop) -> None:
+    """A Swarm roll counts a delivery task as updated once healthy: healthy must mean in place."""
+    claude = loop.settings.claude_dir
+    away = claude.rename(claude.with_name("claude-away"))  # the destination's folder gone: publish fails
+    data = claude_credentials(serial=6)
+    loop.upload(CREDENTIALS, data)
+    loop.watcher.callbacks.ready(CREDENTIALS)
+    loop.next_said("failed")
+    loop.pass_done()
+    assert "1 upload(s) could not be published" in unhealthy_reason(loop.settings.state_dir)
+    away.rename(claude)
+    loop.advance(RETRY_CAP_S * 2)  # past any retry delay
+    assert loop.next_publication()[0] == CREDENTIALS
+    loop.pass_done()
+    assert is_healthy(loop.settings.state_dir), unhealthy_reason(loop.settings.state_dir)
+    assert (claude / CREDENTIALS).read_bytes() == data

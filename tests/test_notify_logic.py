@@ -189,9 +189,11 @@ def test_a_verdict_is_kept_only_once_the_container_has_settled() -> None:
     assert not settled("not a time", 1_800_000_000)
 
 
-def write_health(state_dir: Path, *, pid: int, ready: bool, watching: bool, age_s: float) -> None:
+def write_health(state_dir: Path, *, pid: int, ready: bool, watching: bool, age_s: float, failing: int = 0) -> None:
     heartbeat_ms = int((time.time() - age_s) * 1000)
-    record = format_record(pid, ready=ready, watching=watching, heartbeat_ms=heartbeat_ms, interval_s=30.0)
+    record = format_record(
+        pid, ready=ready, watching=watching, failing=failing, heartbeat_ms=heartbeat_ms, interval_s=30.0
+    )
     (state_dir / HEALTH_FILE).write_text(record)
 
 
@@ -202,6 +204,7 @@ def write_health(state_dir: Path, *, pid: int, ready: bool, watching: bool, age_
         ({"watching": False}, "the watcher is down"),
         ({"age_s": 91.0}, "no heartbeat for 91s"),
         ({"pid": 2**22 + 1}, "is not running"),
+        ({"failing": 2}, r"2 upload\(s\) could not be published"),
     ],
 )
 def test_the_health_probe_tells_why_not(tmp_path: Path, fields: dict[str, object], reason: str) -> None:
@@ -213,7 +216,7 @@ def test_the_health_probe_tells_why_not(tmp_path: Path, fields: dict[str, object
 def test_the_health_probe_passes_a_live_daemon_and_refuses_garbage(tmp_path: Path) -> None:
     write_health(tmp_path, pid=os.getpid(), ready=True, watching=True, age_s=1.0)
     assert check_health(str(tmp_path)).startswith(f"healthy: pid {os.getpid()}")
-    for garbage in ("pid=1;rm ready=1 watching=1 heartbeat_ms=1 interval_s=1", "pid=1", "\u00e9t\u00e9"):
+    for garbage in ("pid=1;rm ready=1 watching=1 failing=0 heartbeat_ms=1 interval_s=1", "pid=1", "\u00e9t\u00e9"):
         (tmp_path / HEALTH_FILE).write_text(garbage)
         with pytest.raises(Unhealthy, match=r"unreadable .*: (ValueError|UnicodeDecodeError)"):
             check_health(str(tmp_path))

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,52 +22,47 @@ from tests.docker_env import BUSYBOX_IMAGE
 from tests.helpers import CANARY, claude_credentials, wait_until
 from tests.image_build import OfflineBuild, clean_clone
 from tests.sshd import SshServer
+from tests.swarm_lab import (
+    CONSUMER_SERVICE,
+    DELIVER_SERVICE,
+    INTAKE_SERVICE,
+    MANAGER,
+    NODES,
+    containers_of,
+    deployed,
+    docker,
+    lab,
+    socket_of,
+)
 
 pytestmark = pytest.mark.system
 
-REPO = Path(__file__).resolve().parent.parent
-LAB = ["bash", str(REPO / "scripts" / "swarm-lab")]
-NODES = ("csw1", "csw2", "csw3")
 IMAGE = "credsync:swarm-test"
-IN_PLACE_BOUND_S = 120.0  # three nodes, one at a time, each waiting for its task's health check
-CONSUMER_STACK = """
-version: "3.8"
-services:
-  webhook:
-    image: %s
-    command: ["sh", "-c", "trap 'echo HUP >> /sig/signals' HUP; while :; do sleep 1 & wait $$!; done"]
-    volumes: ["signals:/sig"]
-    deploy: {mode: global}
-volumes:
-  signals:
-"""
-
-
-def socket_of(node: str) -> str:
-    return f"unix:///run/credsync-swarm/{node}.sock"
-
-
-def docker(node: str, *args: str, check: bool = True) -> str:
-    done = subprocess.run(
-        ["docker", "-H", socket_of(node), *args], capture_output=True, text=True, timeout=120, check=False
-    )
-    if check and done.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args[:3])} on {node}: {done.stderr.strip()[-500:]}")
-    return done.stdout
+IN_PLACE_BOUND_S = 120.0  # every node at once: a task start and its first health check, 10 s later
 
 
 def intake_log() -> str:
-    """The intake task's log lines (credsync logs to stderr, which `docker logs` replays there)."""
-    container = docker("csw1", "ps", "-q", "--filter", "label=com.docker.swarm.service.name=credsync_intake").split()
-    assert container, "no intake task on the manager"
-    done = subprocess.run(
-        ["docker", "-H", socket_of("csw1"), "logs", container[0]],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return done.stderr
+    """Every intake task's log lines, oldest task first (one may have been killed and replaced;
+    credsync logs to stderr, which `docker logs` replays there)."""
+    containers = containers_of(MANAGER, INTAKE_SERVICE, every=True)
+    assert containers, "no intake task on the manager"
+    logs = []
+    for container in reversed(containers):  # `ps` lists the newest first
+        done = subprocess.run(
+            ["docker", "-H", socket_of(MANAGER), "logs", container],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        logs.append(done.stderr)
+    return "".join(logs)
+
+
+def logged(log: str, message: str) -> list[dict[str, Any]]:
+    """The JSON lines of `log` that say `message`."""
+    lines = (json.loads(line) for line in log.splitlines() if line.startswith("{"))
+    return [line for line in lines if line.get("message") == message]
 
 
 @dataclass
@@ -95,23 +91,17 @@ class Swarm:
         return said.count("HUP")
 
     def consumer_containers(self, node: str) -> set[str]:
-        return set(
-            docker(
-                node, "ps", "-q", "--no-trunc", "--filter", "label=com.docker.swarm.service.name=hub_webhook"
-            ).split()
-        )
+        return set(containers_of(node, CONSUMER_SERVICE))
 
     def secrets(self) -> list[str]:
         return sorted(
-            docker("csw1", "secret", "ls", "--filter", "label=io.credsync.managed", "--format", "{{.Name}}").split()
+            docker(MANAGER, "secret", "ls", "--filter", "label=io.credsync.managed", "--format", "{{.Name}}").split()
         )
 
     def status(self) -> dict[str, object]:
-        container = docker(
-            "csw1", "ps", "-q", "--filter", "label=com.docker.swarm.service.name=credsync_intake"
-        ).split()
+        container = containers_of(MANAGER, INTAKE_SERVICE)
         assert container, "no intake task on the manager"
-        report: dict[str, object] = json.loads(docker("csw1", "exec", container[0], "credsync", "status", "--json"))
+        report: dict[str, object] = json.loads(docker(MANAGER, "exec", container[0], "credsync", "status", "--json"))
         return report
 
 
@@ -121,38 +111,14 @@ def swarm(offline_build: OfflineBuild, sshd: SshServer, tmp_path_factory: pytest
     subprocess.run(
         ["docker", "build", "--quiet", *offline_build.build_args(), "--tag", IMAGE, str(clone)], check=True, timeout=600
     )
-    subprocess.run([*LAB, "up"], check=True, timeout=300)
+    uploads = sshd.user.home / f"swarm-uploads-{secrets.token_hex(4)}"
+    uploads.mkdir(mode=0o700)
+    os.chown(uploads, sshd.user.uid, sshd.user.gid)
     try:
-        subprocess.run([*LAB, "load", IMAGE, BUSYBOX_IMAGE], check=True, timeout=600)
-        stack = tmp_path_factory.mktemp("hub") / "hub.yml"
-        stack.write_text(CONSUMER_STACK % BUSYBOX_IMAGE)
-        docker("csw1", "stack", "deploy", "--resolve-image", "never", "-c", str(stack), "hub")
-        uploads = sshd.user.home / f"swarm-uploads-{secrets.token_hex(4)}"
-        uploads.mkdir(mode=0o700)
-        os.chown(uploads, sshd.user.uid, sshd.user.gid)
-        environment = {
-            **os.environ,
-            "DOCKER_HOST": socket_of("csw1"),
-            "CREDSYNC_IMAGE": IMAGE,
-            "CREDSYNC_UPLOADS": str(uploads),
-            "CREDSYNC_NOTIFY_TARGET": "hub/webhook",
-            "CREDSYNC_DOCKER_SOCKET": "/run/credsync-swarm/{{.Node.Hostname}}.sock",
-        }
-        subprocess.run(
-            ["docker", "stack", "deploy", "--resolve-image", "never", "-c", "docker-stack.credsync.yml", "credsync"],
-            cwd=clone,
-            env=environment,
-            check=True,
-            timeout=120,
-            capture_output=True,
-        )
-        lab = Swarm(uploads)
-        wait_until(lambda: all(lab.consumer_containers(node) for node in NODES), timeout=60, interval=1)
-        yield lab
+        with deployed(IMAGE, uploads, clone, tmp_path_factory.mktemp("hub")):
+            yield Swarm(uploads)
     finally:
-        subprocess.run([*LAB, "down"], check=False, timeout=300)
-        for leftover in sshd.user.home.glob("swarm-uploads-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        shutil.rmtree(uploads, ignore_errors=True)
 
 
 def upload(sshd: SshServer, swarm: Swarm, tmp_path: Path, data: bytes, *, valid: bool = True) -> None:
@@ -200,7 +166,7 @@ def test_a_new_upload_rolls_every_node_and_the_superseded_secret_goes(
     upload(sshd, swarm, tmp_path, data)
     wait_until(lambda: all(swarm.held(node) == ("1001:1001:600", sha) for node in NODES), timeout=IN_PLACE_BOUND_S)
     wait_until(lambda: swarm.secrets() == [f"credsync-credentials.json-{sha[:12]}"], timeout=90, interval=1)
-    stored = [json.loads(line)["sha"] for line in intake_log().splitlines() if "stored as a Swarm secret" in line]
+    stored = [line["sha"] for line in logged(intake_log(), "stored as a Swarm secret")]
     assert stored == swarm.valid_sha12s, f"secrets stored for {stored}, valid uploads {swarm.valid_sha12s}"
 
 
@@ -213,21 +179,103 @@ def fleet_in_step(report: dict[str, object]) -> int:
 def test_a_worker_down_during_the_upload_catches_up_when_it_returns(
     swarm: Swarm, sshd: SshServer, tmp_path: Path
 ) -> None:
-    subprocess.run([*LAB, "stop-node", "csw3"], check=True, timeout=120)
+    lab("stop-node", "csw3", timeout=120)
     try:
         data = claude_credentials(serial=3)
         expected = ("1001:1001:600", hashlib.sha256(data).hexdigest())
         upload(sshd, swarm, tmp_path, data)
         wait_until(lambda: all(swarm.held(node) == expected for node in NODES[:2]), timeout=IN_PLACE_BOUND_S)
     finally:
-        subprocess.run([*LAB, "start-node", "csw3"], check=True, timeout=180)
+        lab("start-node", "csw3", timeout=180)
     wait_until(lambda: swarm.held("csw3") == expected, timeout=IN_PLACE_BOUND_S, interval=0.5)
     wait_until(lambda: fleet_in_step(swarm.status()) == len(NODES), timeout=90, interval=1)
 
 
+def temp_files(node: str) -> list[str]:
+    """What an interrupted publish could leave in the node's volume: credsync's temp files."""
+    listing = docker(node, "run", "--rm", "-v", "claude-config:/v", BUSYBOX_IMAGE, "ls", "-a", "/v")
+    return [name for name in listing.split() if name.startswith(".credsync.")]
+
+
+def test_killing_the_managers_credsync_mid_roll_loses_nothing(swarm: Swarm, sshd: SshServer, tmp_path: Path) -> None:
+    consumers = {node: swarm.consumer_containers(node) for node in NODES}
+    signals = {node: swarm.signals(node) for node in NODES}
+    data = claude_credentials(serial=4)
+    sha = hashlib.sha256(data).hexdigest()
+    upload(sshd, swarm, tmp_path, data)
+
+    def rolling() -> bool:
+        rolls = logged(intake_log(), "rolling the delivery service")
+        return any(sha[:12] in roll["secrets"].values() for roll in rolls)
+
+    wait_until(rolling, timeout=60, interval=0.2)
+    docker(MANAGER, "kill", *containers_of(MANAGER, INTAKE_SERVICE))  # SIGKILL: no clean-up of its own
+    wait_until(lambda: all(swarm.held(node) == ("1001:1001:600", sha) for node in NODES), timeout=IN_PLACE_BOUND_S)
+    wait_until(lambda: swarm.secrets() == [f"credsync-credentials.json-{sha[:12]}"], timeout=90, interval=1)
+    wait_until(lambda: fleet_in_step(swarm.status()) == len(NODES), timeout=90, interval=1)
+    assert {node: swarm.signals(node) - signals[node] for node in NODES} == dict.fromkeys(NODES, 1)
+    assert {node: swarm.consumer_containers(node) for node in NODES} == consumers, "a consumer was restarted"
+
+
+def test_killing_a_workers_engine_mid_publish_loses_nothing(swarm: Swarm, sshd: SshServer, tmp_path: Path) -> None:
+    """The worker's dockerd, containerd and every process of its containers killed at once (a
+    power loss) as its new delivery task starts: before, during or just after its publish."""
+    others = NODES[:2]
+    consumers = {node: swarm.consumer_containers(node) for node in others}
+    signals = {node: swarm.signals(node) for node in others}
+    tasks_before = set(containers_of("csw3", DELIVER_SERVICE, every=True))
+
+    def new_delivery_task() -> bool:
+        return bool(set(containers_of("csw3", DELIVER_SERVICE, every=True)) - tasks_before)
+
+    data = claude_credentials(serial=5)
+    expected = ("1001:1001:600", hashlib.sha256(data).hexdigest())
+    upload(sshd, swarm, tmp_path, data)
+    try:
+        wait_until(new_delivery_task, timeout=IN_PLACE_BOUND_S, interval=0.05)
+        lab("stop-node", "csw3", "--kill", timeout=120)
+        wait_until(lambda: all(swarm.held(node) == expected for node in others), timeout=IN_PLACE_BOUND_S)
+    finally:
+        lab("start-node", "csw3", timeout=180)
+    wait_until(lambda: swarm.held("csw3") == expected, timeout=IN_PLACE_BOUND_S, interval=0.5)
+    wait_until(lambda: fleet_in_step(swarm.status()) == len(NODES), timeout=90, interval=1)
+    wait_until(lambda: swarm.secrets() == [f"credsync-credentials.json-{expected[1][:12]}"], timeout=90, interval=1)
+    assert temp_files("csw3") == []
+    assert {node: swarm.signals(node) - signals[node] for node in others} == dict.fromkeys(others, 1)
+    assert {node: swarm.consumer_containers(node) for node in others} == consumers, "a consumer was restarted"
+
+
+def in_volume(node: str, command: str) -> None:
+    docker(node, "run", "--rm", "-v", "claude-config:/v", BUSYBOX_IMAGE, "sh", "-ec", command)
+
+
+def test_a_node_that_cannot_publish_holds_back_no_other_node_and_catches_up_once_fixed(
+    swarm: Swarm, sshd: SshServer, tmp_path: Path
+) -> None:
+    """A folder where csw2's file should be: its new task cannot publish, so it is never healthy.
+    The roll goes on (no rollback, which would publish the previous credential on the others
+    again), and csw2's task is restarted until it publishes."""
+    others = ("csw1", "csw3")
+    signals = {node: swarm.signals(node) for node in others}
+    in_volume("csw2", "rm -f /v/.credentials.json && mkdir /v/.credentials.json")
+    try:
+        data = claude_credentials(serial=6)
+        expected = ("1001:1001:600", hashlib.sha256(data).hexdigest())
+        upload(sshd, swarm, tmp_path, data)
+        wait_until(lambda: all(swarm.held(node) == expected for node in others), timeout=IN_PLACE_BOUND_S)
+        wait_until(lambda: fleet_in_step(swarm.status()) == len(others), timeout=90, interval=1)
+        assert swarm.held("csw2") is None, "a folder stands where csw2's file should be"
+    finally:
+        in_volume("csw2", "rmdir /v/.credentials.json 2>/dev/null || true")
+    wait_until(lambda: swarm.held("csw2") == expected, timeout=IN_PLACE_BOUND_S, interval=0.5)
+    wait_until(lambda: fleet_in_step(swarm.status()) == len(NODES), timeout=90, interval=1)
+    assert {node: swarm.signals(node) - signals[node] for node in others} == dict.fromkeys(others, 1), "downgraded"
+
+
 def test_a_node_that_joins_later_gets_the_current_credential(swarm: Swarm) -> None:
+    """Last: the fleet has four nodes after it."""
     current = swarm.held("csw1")
     assert current is not None
-    subprocess.run([*LAB, "add-node", "csw4"], check=True, timeout=300)
+    lab("add-node", "csw4")
     wait_until(lambda: swarm.held("csw4") == current, timeout=IN_PLACE_BOUND_S, interval=0.5)
     wait_until(lambda: fleet_in_step(swarm.status()) == len(NODES) + 1, timeout=90, interval=1)
