@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import secrets
 import statistics
@@ -61,9 +62,9 @@ class Roll:
         return self.in_place_s[-1]
 
     @property
-    def per_node_s(self) -> float:
-        """Swarm's pace: one node after another (parallelism 1), each after its task's health check."""
-        return (self.in_place_s[-1] - self.in_place_s[0]) / max(1, len(self.in_place_s) - 1)
+    def spread_s(self) -> float:
+        """First node in place to last: every node rolls at once (the stack file's parallelism 0)."""
+        return self.in_place_s[-1] - self.in_place_s[0]
 
 
 def log_lines(node: str, container: str) -> list[dict[str, Any]]:
@@ -99,6 +100,14 @@ def container_pids(node: str, container: str) -> list[int]:
     return [pid, *descendants(pid)] if pid else []
 
 
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds of these processes so far; NaN when there are none or one has ended."""
+    try:
+        return cpu_and_switches(pids)[0] / 1e9 if pids else math.nan
+    except FileNotFoundError:
+        return math.nan
+
+
 def hup_counts() -> list[int]:
     counts = []
     for node in NODES:
@@ -131,8 +140,8 @@ def roll(lane: str, start: Callable[[bytes], float], serial: int) -> Roll:
     """Start a roll of new bytes with `start` (returns its epoch start) and wait for every node."""
     data = claude_credentials(serial=serial)
     sha, hups, running = sha12(data), hup_counts(), consumers()
-    intake = intake_pids()
-    intake_before = cpu_and_switches(intake)[0] if intake else 0
+    intake = intake_pids() if lane == "credsync" else []  # scaled to 0 for the hand rolls
+    intake_before = cpu_s(intake)
     started, deadline = start(data), time.monotonic() + ROUND_TIMEOUT_S
     found: dict[str, tuple[float, str]] = {}
 
@@ -146,8 +155,8 @@ def roll(lane: str, start: Callable[[bytes], float], serial: int) -> Roll:
     cpu, hwm = [], []
     for node, (_, container) in found.items():
         pids = container_pids(node, container)
-        cpu.append(cpu_and_switches(pids)[0] / 1e9 if pids else float("nan"))
-        hwm.append(sum(proc_status(pid, "VmHWM") for pid in pids) / 1024 if pids else float("nan"))
+        cpu.append(cpu_s(pids))
+        hwm.append(sum(proc_status(pid, "VmHWM") for pid in pids) / 1024 if pids else math.nan)
     until(
         lambda: [a - b for a, b in zip(hup_counts(), hups, strict=True)] == [1] * len(NODES), "a HUP per node", deadline
     )
@@ -158,7 +167,7 @@ def roll(lane: str, start: Callable[[bytes], float], serial: int) -> Roll:
         intake_stored_s=None if stored is None else stored - started,
         delivery_cpu_s=cpu,
         delivery_hwm_mib=hwm,
-        intake_cpu_s=(cpu_and_switches(intake)[0] - intake_before) / 1e9 if intake else 0.0,
+        intake_cpu_s=cpu_s(intake) - intake_before,
         hups=hups_since(hups),
         consumers_restarted=sum(len(before - now) for before, now in zip(running, consumers(), strict=True)),
     )
@@ -201,16 +210,17 @@ def by_hand(data: bytes) -> float:
 
 def table(rolls: Sequence[Roll]) -> list[str]:
     def median(values: Sequence[float]) -> str:
-        return f"{statistics.median(values):.2f}"
+        measured = [value for value in values if not math.isnan(value)]
+        return f"{statistics.median(measured):.2f}" if measured else "n/a"
 
     lanes = sorted({r.lane for r in rolls}, key=["credsync", "by hand"].index)
     rows: list[tuple[str, Callable[[list[Roll]], str]]] = [
         ("upload → last node in place, s", lambda rs: median([r.last_s for r in rs])),
         ("upload → first node in place, s", lambda rs: median([r.in_place_s[0] for r in rs])),
-        ("one node's share of the roll, s", lambda rs: median([r.per_node_s for r in rs])),
+        ("first node → last node in place, s", lambda rs: median([r.spread_s for r in rs])),
         (
             "upload → Swarm secret stored, s",
-            lambda rs: median([r.intake_stored_s for r in rs if r.intake_stored_s is not None] or [float("nan")]),
+            lambda rs: median([math.nan if r.intake_stored_s is None else r.intake_stored_s for r in rs]),
         ),
         ("intake CPU per roll, s", lambda rs: median([r.intake_cpu_s for r in rs])),
         ("delivery task CPU, start → published, s", lambda rs: median([c for r in rs for c in r.delivery_cpu_s])),
