@@ -246,7 +246,7 @@ def write_docs(lines: list[str], rounds: int, elapsed_s: float) -> None:
                 "",
                 f"`python -m bench.swarm` (bench/README.md) on {when}, commit {commit.strip()}, {platform.node()}:"
                 f" {rounds} rolls per lane, run took {elapsed_s:.0f} s. Three Docker Engines on this machine"
-                " (scripts/swarm-lab), credsync's stack file as shipped (update parallelism 1, stop-first,"
+                " (scripts/swarm-lab), credsync's stack file as shipped (every node at once, stop-first,"
                 " health check every 10 s), a consumer task on every node.",
                 "",
                 "- **credsync**: the upload renamed into the manager's upload folder; the intake validates it,"
