@@ -5,7 +5,8 @@ safely, validated, decided, in the ledger), then stores every staged file as a S
 (encrypted in the Raft log, sent only to the nodes that run a task using it, on tmpfs) and
 points the global delivery service at the new secrets. Swarm rolls that service's tasks under
 the service's own update config (the stack file's: every node at once); each task is
-`credsync watch` with /run/secrets as its source, publishing into its node's volume and notifying the consumers on its node.
+`credsync watch` with /run/secrets as its source, publishing into its node's volume and
+notifying the consumers on its node.
 
 The state is the staged files: `converge` makes the service spec name their secrets, whatever
 happened before (a crash mid-roll, a stack redeployed with no secrets), and removes the secrets

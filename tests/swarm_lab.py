@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import string
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,10 @@ LAB = ["bash", str(REPO / "scripts" / "swarm-lab")]
 NODES = ("csw1", "csw2", "csw3")
 MANAGER = NODES[0]
 CONSUMER_SERVICE = "hub_webhook"
-INTAKE_SERVICE, DELIVER_SERVICE = "credsync_intake", "credsync_deliver"
+# As Dokploy names a stack app (`<name>-<6 random characters>`) and deploys it under that name:
+# the intake must find its own stack's `deliver` by its stack's name, whatever that is.
+STACK = "credsync-" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(6))
+INTAKE_SERVICE, DELIVER_SERVICE = f"{STACK}_intake", f"{STACK}_deliver"
 CONSUMER_STACK = """
 version: "3.8"
 services:
@@ -74,8 +79,9 @@ def deployed(image: str, uploads: Path, stack_dir: Path, workdir: Path) -> Itera
             "CREDSYNC_NOTIFY_TARGET": "hub/webhook",
             "CREDSYNC_DOCKER_SOCKET": "/run/credsync-swarm/{{.Node.Hostname}}.sock",
         }
+        deploy = ["docker", "stack", "deploy", "--prune", "--resolve-image", "never"]
         subprocess.run(
-            ["docker", "stack", "deploy", "--resolve-image", "never", "-c", "docker-stack.credsync.yml", "credsync"],
+            [*deploy, "-c", "docker-stack.credsync.yml", STACK],
             cwd=stack_dir,
             env=environment,
             check=True,
