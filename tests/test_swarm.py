@@ -149,6 +149,19 @@ def test_one_scp_to_the_manager_reaches_every_node_once_without_restarting_a_con
     print(f"upload -> every node in place: {in_place_s:.1f} s")
 
 
+@pytest.mark.usefixtures("swarm")
+def test_credsync_tasks_run_with_least_privilege() -> None:
+    """Read-only root, every capability dropped but CHOWN and DAC_OVERRIDE, on every task."""
+    tasks = [(MANAGER, INTAKE_SERVICE)] + [(node, DELIVER_SERVICE) for node in NODES]
+    for node, service in tasks:
+        container = containers_of(node, service)
+        assert container, f"no {service} task on {node}"
+        host = json.loads(docker(node, "inspect", container[0]))[0]["HostConfig"]
+        names = [[name.removeprefix("CAP_") for name in host[key] or []] for key in ("CapDrop", "CapAdd")]
+        granted = (host["ReadonlyRootfs"], names[0], sorted(names[1]))
+        assert granted == (True, ["ALL"], ["CHOWN", "DAC_OVERRIDE"]), f"{service} on {node}: {granted}"
+
+
 def test_an_invalid_upload_creates_no_secret_and_changes_no_node(swarm: Swarm, sshd: SshServer, tmp_path: Path) -> None:
     before = ({node: swarm.held(node) for node in NODES}, swarm.secrets())
     upload(sshd, swarm, tmp_path, b'{"claudeAiOauth": {"accessToken": "' + CANARY.encode() + b'"}}', valid=False)
