@@ -31,7 +31,7 @@ def check_health(state_dir: str) -> str:
         with open(path, encoding="utf-8") as file:
             record = parse_record(file.read(4096))
         pid, ready, watching = int(record["pid"]), record["ready"] == "1", record["watching"] == "1"
-        failing = int(record["failing"])
+        failing = int(record.get("failing", "0"))  # absent in a record an older credsync wrote
         heartbeat_s, interval_s = int(record["heartbeat_ms"]) / 1000, float(record["interval_s"])
     except FileNotFoundError:
         raise Unhealthy(
@@ -66,7 +66,7 @@ def format_record(pid: int, *, ready: bool, watching: bool, failing: int, heartb
 
 def parse_record(text: str) -> dict[str, str]:
     fields = dict(word.partition("=")[::2] for word in text.split())
-    missing = {"pid", "ready", "watching", "failing", "heartbeat_ms", "interval_s"} - fields.keys()
+    missing = {"pid", "ready", "watching", "heartbeat_ms", "interval_s"} - fields.keys()
     if missing:
         raise ValueError(f"no {', '.join(sorted(missing))}")
     return fields

@@ -58,6 +58,11 @@ class Liveness:
             self.interval_s = min(HEARTBEAT_S, systemd.watchdog_usec / 2_000_000)
         self.uses_watchdog = watchdog_applies and self.systemd is not None
         self._ready = False
+        # A predecessor killed outright (a power loss) left its record, and in a container its
+        # pid (1) is alive again: it would read as healthy before this daemon's first reconcile.
+        # Called only while holding the state lock, so never another daemon's record.
+        with contextlib.suppress(FileNotFoundError):
+            self.health_path.unlink()
 
     def ready(self, *, watching: bool, failing: int) -> None:
         """`failing`: uploads whose publish failed and waits for its retry."""

@@ -5,12 +5,14 @@ file deployed as shipped. The Swarm tests and `python -m bench.swarm` both stand
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import string
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tests.docker_env import BUSYBOX_IMAGE
 from tests.helpers import wait_until
@@ -55,6 +57,24 @@ def containers_of(node: str, service: str, *, every: bool = False) -> list[str]:
     listed = ["-a"] if every else []
     label = f"label=com.docker.swarm.service.name={service}"
     return docker(node, "ps", *listed, "-q", "--no-trunc", "--filter", label).split()
+
+
+def container_log(node: str, container: str) -> str:
+    """What the container wrote, as `docker logs` replays it (credsync logs to stderr)."""
+    done = subprocess.run(
+        ["docker", "-H", socket_of(node), "logs", container], capture_output=True, text=True, timeout=60, check=True
+    )
+    return done.stderr
+
+
+def json_lines(log: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+
+
+def hups(node: str) -> int:
+    """HUPs the node's consumer task has caught, as it wrote them to its volume."""
+    said = docker(node, "run", "--rm", "-v", "hub_signals:/sig", BUSYBOX_IMAGE, "cat", "/sig/signals", check=False)
+    return said.count("HUP")
 
 
 def lab(*args: str, timeout: float = 300) -> None:

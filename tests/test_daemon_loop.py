@@ -18,7 +18,7 @@ from loguru import logger
 
 from credsync.backoff import CAP_S as RETRY_CAP_S
 from credsync.daemon import WRITE_BACKSTOP_S, Daemon
-from credsync.health_probe import Unhealthy, check_health
+from credsync.health_probe import HEALTH_FILE, Unhealthy, check_health
 from credsync.ledger import Ledger
 from credsync.liveness import Liveness, SystemdEnvironment
 from credsync.pipeline import Pipeline
@@ -214,3 +214,26 @@ def test_a_failed_publish_makes_the_daemon_unhealthy_until_its_retry_succeeds(lo
     loop.pass_done()
     assert is_healthy(loop.settings.state_dir), unhealthy_reason(loop.settings.state_dir)
     assert (claude / CREDENTIALS).read_bytes() == data
+
+
+def test_a_failed_upload_that_is_removed_leaves_the_daemon_healthy(loop: Loop) -> None:
+    claude = loop.settings.claude_dir
+    away = claude.rename(claude.with_name("claude-away"))
+    loop.upload(CREDENTIALS, claude_credentials(serial=7))
+    loop.watcher.callbacks.ready(CREDENTIALS)
+    loop.next_said("failed")
+    loop.pass_done()
+    assert not is_healthy(loop.settings.state_dir)
+    (loop.settings.source / CREDENTIALS).unlink()  # the operator took it back: nothing waits
+    loop.advance(RETRY_CAP_S * 2)
+    loop.pass_done()
+    assert is_healthy(loop.settings.state_dir), unhealthy_reason(loop.settings.state_dir)
+    assert not (away / CREDENTIALS).exists()
+
+
+def test_a_health_record_left_by_a_killed_predecessor_is_not_read_as_this_daemons(tmp_path: Path) -> None:
+    """In a container every daemon is pid 1: a dead one's record would pass the pid check."""
+    record = tmp_path / HEALTH_FILE
+    record.write_text(f"pid={os.getpid()} ready=1 watching=1 failing=0 heartbeat_ms=9 interval_s=30\n")
+    Liveness(tmp_path, SystemdEnvironment(), Tally())
+    assert not record.exists()
