@@ -24,7 +24,8 @@ class Unhealthy(Exception):
 def check_health(state_dir: str) -> str:
     """Healthy: the daemon that wrote the file is alive, did its first reconcile, its watcher
     lives, its heartbeat is recent, and no upload it took is waiting on a failed publish (a
-    Swarm roll counts a delivery task as updated once it is healthy: healthy means in place).
+    Swarm roll counts a delivery task as updated once it is healthy, so one that cannot publish
+    never is).
     Returns a summary or raises Unhealthy with why not."""
     path = f"{state_dir.rstrip('/')}/{HEALTH_FILE}"
     try:
