@@ -38,6 +38,7 @@ from tests.swarm_lab import (
     deployed,
     docker,
     hups,
+    intake_log,
     json_lines,
     socket_of,
 )
@@ -151,7 +152,7 @@ def roll(lane: str, start: Callable[[bytes], float], serial: int) -> Roll:
         cpu.append(cpu_s(pids))
         hwm.append(sum(proc_status(pid, "VmHWM") for pid in pids) / 1024 if pids else math.nan)
     until(lambda: min(hups_since(hups_before)) >= 1, "a HUP on every node", deadline)
-    stored = said_at(intake_log(), "stored as a Swarm secret", sha) if lane == "credsync" else None
+    stored = said_at(json_lines(intake_log()), "stored as a Swarm secret", sha) if lane == "credsync" else None
     return Roll(
         lane=lane,
         in_place_s=sorted(at - started for at, _ in found.values()),
@@ -162,11 +163,6 @@ def roll(lane: str, start: Callable[[bytes], float], serial: int) -> Roll:
         hups=hups_since(hups_before),
         consumers_restarted=sum(len(before - now) for before, now in zip(running, consumers(), strict=True)),
     )
-
-
-def intake_log() -> list[dict[str, Any]]:
-    running = containers_of(MANAGER, INTAKE_SERVICE)
-    return log_lines(MANAGER, running[0]) if running else []
 
 
 def by_upload(uploads: Path) -> Callable[[bytes], float]:

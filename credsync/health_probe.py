@@ -1,8 +1,8 @@
-"""Is `credsync watch` ready, watching, beating and publishing? Read from the health file it keeps in its
-state folder. Runnable as a file by `python -I -S`, importing only modules the interpreter has
-loaded at start-up (posix, sys, time), so Docker's HEALTHCHECK costs a bare interpreter start
-(about 15 ms of CPU), not the whole CLI's imports. (The file is `key=value` words, not JSON: `import json` alone would
-double the cost.)
+"""Is `credsync watch` ready, watching, beating and publishing? Read from the health file it
+keeps in its state folder. Runnable as a file by `python -I -S`, importing only modules the
+interpreter has loaded at start-up (posix, sys, time), so Docker's HEALTHCHECK costs a bare
+interpreter start (about 15 ms of CPU), not the whole CLI's imports. (The file is `key=value`
+words, not JSON: `import json` alone would double the cost.)
 
     python3 -I -S /opt/credsync/health_probe.py [STATE_DIR]
 
@@ -25,8 +25,7 @@ def check_health(state_dir: str) -> str:
     """Healthy: the daemon that wrote the file is alive, did its first reconcile, its watcher
     lives, its heartbeat is recent, and no upload it took is waiting on a failed publish (a
     Swarm roll counts a delivery task as updated once it is healthy, so one that cannot publish
-    never is).
-    Returns a summary or raises Unhealthy with why not."""
+    never is). Returns a summary or raises Unhealthy with why not."""
     path = f"{state_dir.rstrip('/')}/{HEALTH_FILE}"
     try:
         with open(path, encoding="utf-8") as file:

@@ -68,6 +68,13 @@ def container_log(node: str, container: str) -> str:
     return done.stderr
 
 
+def intake_log() -> str:
+    """Every intake task's log, oldest task first (one may have been killed and replaced)."""
+    containers = containers_of(MANAGER, INTAKE_SERVICE, every=True)
+    assert containers, "no intake task on the manager"
+    return "".join(container_log(MANAGER, container) for container in reversed(containers))  # newest first
+
+
 def json_lines(log: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
 

@@ -28,11 +28,11 @@ from tests.swarm_lab import (
     INTAKE_SERVICE,
     MANAGER,
     NODES,
-    container_log,
     containers_of,
     deployed,
     docker,
     hups,
+    intake_log,
     json_lines,
     lab,
 )
@@ -41,14 +41,6 @@ pytestmark = pytest.mark.system
 
 IMAGE = "credsync:swarm-test"
 IN_PLACE_BOUND_S = 120.0  # every node at once: a task start and its first health check, 10 s later
-
-
-def intake_log() -> str:
-    """Every intake task's log lines, oldest task first (one may have been killed and replaced;
-    credsync logs to stderr, which `docker logs` replays there)."""
-    containers = containers_of(MANAGER, INTAKE_SERVICE, every=True)
-    assert containers, "no intake task on the manager"
-    return "".join(container_log(MANAGER, container) for container in reversed(containers))  # newest first
 
 
 def logged(log: str, message: str) -> list[dict[str, Any]]:
