@@ -233,12 +233,16 @@ class Daemon:
                 self.wakeup.mounts_changed = False
                 self._rescan_reason = self._rescan_reason or "the mount table changed"
             # Once per wake-up: each look walks the source path from / and its route folders.
-            # Events that came meanwhile first: they name what happened (the folder replaced),
-            # where the look can only tell that it is no longer the one watched.
+            # Events first: they name what happened (the folder replaced), where the look can
+            # only tell that it is no longer the one watched. What the look saw change was
+            # queued as an event when it changed, so events read after a failed look name it too
+            # (the change may have come between the first read and the look).
             if self.watcher.fileno() is not None:
                 self.watcher.dispatch()
             healthy = self.watcher.healthy()
             if self._watching and not healthy:
+                if self.watcher.fileno() is not None:
+                    self.watcher.dispatch()
                 self._rescan_reason = self._rescan_reason or "the source folder is no longer watched"
             reason = self._rescan_reason or ("periodic" if self.clock() >= next_reconcile else None)
             if reason is not None:
