@@ -3,20 +3,21 @@ nothing here follows a symlink, blocks on a FIFO, opens a device or reads past t
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 from credsync.errors import Rejection, SourceUnavailable, UploadMissing, UploadUnsettled
 from credsync.safe_paths import describe_folder_error, open_folder, open_subfolders
 
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+T = TypeVar("T")
 FILE_TYPES = {
     stat.S_IFDIR: "a directory",
     stat.S_IFLNK: "a symlink (credsync follows no links)",
@@ -47,20 +48,19 @@ class SourceFolder:
         self.group: int | None = None  # the folder's group, for files credsync gives the uploader
         self._held: int | None = None
 
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """Within it, the folder is walked to once: one upload's read and its siblings' looks
-        share that descriptor. If the folder cannot be opened, each `open` says why."""
+    def hold(self) -> None:
+        """Until `release`, the folder is walked to once: one upload's read and its siblings'
+        looks share that descriptor. If the folder cannot be opened, each `open` says why.
+        (A pair of calls, not a context manager: a generator's cost shows on every upload.)"""
         try:
             self._held = self.open()
         except SourceUnavailable:
             self._held = None
-        try:
-            yield
-        finally:
-            if self._held is not None:
-                os.close(self._held)
-            self._held = None
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            os.close(held)
 
     def open(self) -> int:
         """A descriptor of the folder (the caller closes it); raises SourceUnavailable with a
@@ -85,58 +85,68 @@ class SourceFolder:
         return folder_fd
 
     def read(self, name: str, *, max_bytes: int, settle_ns: int) -> Upload:
-        folder_fd = self.open()
-        try:
-            return read_upload(folder_fd, name, max_bytes=max_bytes, settle_ns=settle_ns)
-        finally:
-            os.close(folder_fd)
+        return self._in_folder(lambda folder_fd: read_upload(folder_fd, name, max_bytes=max_bytes, settle_ns=settle_ns))
 
     def changed_ns(self, name: str) -> int | None:
         """When `name` last changed (ctime), or None when it is not there; nothing is read."""
         try:
-            folder_fd = self.open()
-        except SourceUnavailable:
+            return self._in_folder(lambda folder_fd: in_parent(folder_fd, name, changed_ns_of))
+        except (SourceUnavailable, UploadMissing, Rejection, OSError):
             return None
+
+    def _in_folder(self, use: Callable[[int], T]) -> T:
+        """`use(the folder's descriptor)`: the one held, else one opened for this call."""
+        if self._held is not None:
+            return use(self._held)
+        folder_fd = self.open()
         try:
-            parent_fd = open_parent(folder_fd, name)
-        except (UploadMissing, Rejection):
-            return None
+            return use(folder_fd)
         finally:
             os.close(folder_fd)
-        try:
-            return os.stat(PurePosixPath(name).name, dir_fd=parent_fd, follow_symlinks=False).st_ctime_ns
-        except OSError:
-            return None
-        finally:
-            os.close(parent_fd)
+
+
+def changed_ns_of(parent_fd: int, name: str) -> int:
+    return os.stat(basename_of(name), dir_fd=parent_fd, follow_symlinks=False).st_ctime_ns
 
 
 def read_upload(folder_fd: int, name: str, *, max_bytes: int, settle_ns: int) -> Upload:
     """Read `name` (relative to the open folder) if it is a settled, single-link regular file."""
-    parent_fd = open_parent(folder_fd, name)
+    return in_parent(folder_fd, name, lambda parent_fd, _: read_settled_file(parent_fd, name, max_bytes, settle_ns))
+
+
+def in_parent(folder_fd: int, name: str, use: Callable[[int, str], T]) -> T:
+    """`use(descriptor of the folder holding name, name)`. An upload in the source itself (most)
+    needs no further walk; one in an upload folder refuses a symlinked folder on the way."""
+    parent = name.rpartition("/")[0]  # plain strings: pathlib cost more than the system calls
+    if not parent:
+        return use(folder_fd, name)
+    parent_fd = open_parent(folder_fd, parent)
     try:
-        return read_settled_file(parent_fd, name, max_bytes, settle_ns)
+        return use(parent_fd, name)
     finally:
         os.close(parent_fd)
 
 
-def open_parent(folder_fd: int, name: str) -> int:
+def basename_of(name: str) -> str:
+    return name.rpartition("/")[2]
+
+
+def open_parent(folder_fd: int, parent: str) -> int:
     """Open the folder holding the upload, refusing symlinked folders below the source."""
-    parent = PurePosixPath(name).parent
     try:
-        return open_subfolders(folder_fd, parent)
+        return open_subfolders(folder_fd, PurePosixPath(parent))
     except FileNotFoundError:
         raise UploadMissing("upload folder does not exist") from None
     except OSError as error:
         if error.errno == errno.ENOTDIR:
             raise Rejection(
-                f"folder {str(parent)!r} is a symlink or not a folder; credsync follows no links", code="symlink"
+                f"folder {parent!r} is a symlink or not a folder; credsync follows no links", code="symlink"
             ) from None
-        raise Rejection(f"cannot open folder {str(parent)!r}: {error.strerror}", code="unreadable") from None
+        raise Rejection(f"cannot open folder {parent!r}: {error.strerror}", code="unreadable") from None
 
 
 def read_settled_file(folder_fd: int, name: str, max_bytes: int, settle_ns: int) -> Upload:
-    basename = PurePosixPath(name).name
+    basename = basename_of(name)
     try:
         before = os.stat(basename, dir_fd=folder_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -190,9 +200,10 @@ def read_at_most(fd: int, limit: int) -> bytes:
     chunks = []
     remaining = limit
     while remaining > 0:
-        chunk = os.read(fd, min(remaining, 1 << 16))
-        if not chunk:
-            break
+        wanted = min(remaining, 1 << 16)
+        chunk = os.read(fd, wanted)
         chunks.append(chunk)
         remaining -= len(chunk)
+        if len(chunk) < wanted:  # a regular file reads short only at its end: no read to learn that
+            break
     return b"".join(chunks)

@@ -22,7 +22,14 @@ from credsync.errors import PublishError, Rejection, SourceUnavailable, UploadMi
 from credsync.hashes import short_hash
 from credsync.intake import SourceFolder, Upload
 from credsync.ledger import Entry, Ledger
-from credsync.publisher import keep_private_copy, read_current, stat_destination, write_atomically
+from credsync.publisher import (
+    StagedFile,
+    keep_private_copy,
+    open_destination_folder,
+    read_current_in,
+    stat_destination_in,
+    write_atomically_in,
+)
 from credsync.receipts import Receipts
 from credsync.routes import Route, RouteTable, is_rsync_temp, near_miss
 from credsync.safe_paths import open_subfolders
@@ -129,8 +136,11 @@ class Pipeline:
         if route is None:
             self._note_ignored(name)
             return Result(name, Outcome.IGNORED)
-        with self.source.held():  # the source path is walked once for the upload and its siblings
+        self.source.hold()  # the source path is walked once for the upload and its siblings
+        try:
             return self._process_route(route, name, complete)
+        finally:
+            self.source.release()
 
     def _process_route(self, route: Route, name: str, complete: bool) -> Result:
         try:
@@ -162,28 +172,26 @@ class Pipeline:
             if not complete:
                 return self._report(route, Outcome.INCOMPLETE, upload.sha256, rejection.reason, level="DEBUG")
             return self._reject(route, upload.sha256, rejection)
-        newer = self._newer_upload_for_the_same_file(route, upload)
-        if newer is not None:
-            reason = f"the newer upload {newer.upload} publishes to the same file; remove this one"
-            return self._report(route, Outcome.SUPERSEDED, upload.sha256, reason, level="INFO")
         content = content_of(route, upload)
         try:
-            current = read_current(route.destination, self.settings.max_bytes)
-            action = self._decide(route, content, current)
-            later = self._published_later_by(route, current) if action is Action.KEEP_CONSUMER else None
-            if later is not None:
-                reason = f"the file holds what {later.upload} published since; upload anew to replace it"
-                return self._report(route, Outcome.SUPERSEDED, upload.sha256, reason, level="INFO", content=content)
-            if action in (Action.PUBLISH, Action.REPAIR) and not self.dry_run:
-                self._publish(route, content, current)
-            elif action is Action.UNCHANGED and not self.dry_run:
-                self._remember(route, content)
-                self._repair_owner_and_mode(route, content)
+            # One walk to the destination's folder for the checks, the decision and the write.
+            folder_fd = open_destination_folder(route.destination)
+            staged = None
+            try:
+                staged = self._stage(folder_fd, route, content)
+                decided = self._decide_and_write(folder_fd, route, upload, content, staged)
+            finally:
+                if staged is not None:
+                    staged.discard()  # nothing left to do once committed
+                os.close(folder_fd)
         except PublishError as error:
             failed = partial(self.tally.publish_failed, route.upload)
             return self._report(
                 route, Outcome.FAILED, upload.sha256, error.reason, level="ERROR", count=failed, content=content
             )
+        if isinstance(decided, Result):
+            return decided
+        action, current = decided
         outcome = OUTCOME_OF_ACTION[action]
         if outcome is Outcome.KEPT_CONSUMER:
             reason = "the consumer rewrote the destination since this upload was published; upload anew to replace it"
@@ -199,6 +207,40 @@ class Pipeline:
             held = current if outcome is Outcome.KEPT_CONSUMER else content.data
             self.consumer.assess(route, held or b"")
         return result
+
+    def _stage(self, folder_fd: int, route: Route, content: Content) -> StagedFile | None:
+        """Bytes the ledger has not seen published are nearly always published: written (and
+        their writeback started) before the checks that decide it, the disk works meanwhile. A
+        rescan of unchanged uploads writes nothing; a failure here is said by the write the
+        decision asks for, if it asks for one."""
+        last = self.ledger.last(route.upload)
+        if self.dry_run or (last is not None and last.sha256 == content.sha256):
+            return None
+        try:
+            return StagedFile(folder_fd, route.destination, content.data, uid=route.uid, gid=route.gid, mode=route.mode)
+        except PublishError:
+            return None
+
+    def _decide_and_write(
+        self, folder_fd: int, route: Route, upload: Upload, content: Content, staged: StagedFile | None
+    ) -> Result | tuple[Action, bytes | None]:
+        """A superseded upload's Result, or the action taken and what the destination held."""
+        newer = self._newer_upload_for_the_same_file(route, upload)
+        if newer is not None:
+            reason = f"the newer upload {newer.upload} publishes to the same file; remove this one"
+            return self._report(route, Outcome.SUPERSEDED, upload.sha256, reason, level="INFO")
+        current = read_current_in(folder_fd, route.destination, self.settings.max_bytes)
+        action = self._decide(route, content, current)
+        later = self._published_later_by(route, current) if action is Action.KEEP_CONSUMER else None
+        if later is not None:
+            reason = f"the file holds what {later.upload} published since; upload anew to replace it"
+            return self._report(route, Outcome.SUPERSEDED, upload.sha256, reason, level="INFO", content=content)
+        if action in (Action.PUBLISH, Action.REPAIR) and not self.dry_run:
+            self._publish(folder_fd, route, content, current, staged)
+        elif action is Action.UNCHANGED and not self.dry_run:
+            self._remember(route, content)
+            self._repair_owner_and_mode(folder_fd, route, content)
+        return action, current
 
     def _newer_upload_for_the_same_file(self, route: Route, upload: Upload) -> Route | None:
         """A login and a setup-token both become `.credentials.json`: the one written last wins,
@@ -242,20 +284,26 @@ class Pipeline:
         if last is None or last.sha256 != content.sha256:
             self.ledger.record(route.upload, Entry(content.sha256, len(content.data), str(route.destination), now_ms()))
 
-    def _repair_owner_and_mode(self, route: Route, content: Content) -> None:
+    def _repair_owner_and_mode(self, folder_fd: int, route: Route, content: Content) -> None:
         """The bytes are right, but the consumer owns the file and may have chmod-ed it (or an
         operator changed CREDSYNC_MODE): publish the same bytes again with the right ones. A
         fresh copy, not fchmod, which on another owner's file would need CAP_FOWNER."""
-        info = stat_destination(route.destination)
+        info = stat_destination_in(folder_fd, route.destination)
         if info is None or (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (route.uid, route.gid, route.mode):
             return
-        write_atomically(route.destination, content.data, uid=route.uid, gid=route.gid, mode=route.mode)
+        write_atomically_in(folder_fd, route.destination, content.data, uid=route.uid, gid=route.gid, mode=route.mode)
         was = f"{info.st_uid}:{info.st_gid} {stat.S_IMODE(info.st_mode):04o}"
         now = f"{route.uid}:{route.gid} {route.mode:04o}"
         logger.bind(route=route.upload, was=was, now=now).info("repaired owner and mode")
 
-    def _publish(self, route: Route, content: Content, current: bytes | None) -> None:
-        write_atomically(route.destination, content.data, uid=route.uid, gid=route.gid, mode=route.mode)
+    def _publish(
+        self, folder_fd: int, route: Route, content: Content, current: bytes | None, staged: StagedFile | None
+    ) -> None:
+        if staged is None:
+            staged = StagedFile(
+                folder_fd, route.destination, content.data, uid=route.uid, gid=route.gid, mode=route.mode
+            )
+        staged.commit()
         if self.on_published is not None:
             self.on_published(route.upload, content.sha256)
         self.ledger.record(route.upload, Entry(content.sha256, len(content.data), str(route.destination), now_ms()))

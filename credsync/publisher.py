@@ -11,7 +11,7 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from loguru import logger
@@ -29,37 +29,72 @@ READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CL
 def write_atomically(path: Path, data: bytes, *, uid: int, gid: int, mode: int) -> None:
     """Replace `path` with `data`, owned uid:gid with `mode`, or raise PublishError and leave
     `path` as it was."""
-    folder_fd = open_destination_folder(path)
-    try:
-        temp_name = f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    with destination_folder(path) as folder_fd:
+        write_atomically_in(folder_fd, path, data, uid=uid, gid=gid, mode=mode)
+
+
+def write_atomically_in(folder_fd: int, path: Path, data: bytes, *, uid: int, gid: int, mode: int) -> None:
+    """The same, in the folder already open as `folder_fd` (`path` names the file in it)."""
+    StagedFile(folder_fd, path, data, uid=uid, gid=gid, mode=mode).commit()
+
+
+class StagedFile:
+    """New bytes in a temp file beside the destination, moded and owned, their writeback
+    already started: `commit` makes the destination that file (fsync, rename, folder fsync),
+    `discard` removes it. Until one of them, the destination is as it was. A caller that stages
+    before its last checks overlaps the disk's work with them; the fsync then waits for less."""
+
+    def __init__(self, folder_fd: int, path: Path, data: bytes, *, uid: int, gid: int, mode: int) -> None:
+        """Raises PublishError (nothing is left behind)."""
+        self.folder_fd, self.path = folder_fd, path
+        self.name = f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        self._fd: int | None = None
         try:
-            write_temp(folder_fd, temp_name, data, uid, gid, mode)
-            os.rename(temp_name, path.name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+            self._fd = os.open(self.name, CREATE_FLAGS, 0o600, dir_fd=folder_fd)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            # Mode first: once the file belongs to someone else, fchmod would need CAP_FOWNER too.
+            # (chown only clears setuid/setgid bits, which a mode here never has.) Both before the
+            # fsync, which then makes them durable with the bytes, before the rename.
+            os.fchmod(self._fd, mode)
+            os.fchown(self._fd, uid, gid)
+            # Linux starts writing dirty pages back on this advice (it drops only clean ones).
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
         except OSError as error:
-            with contextlib.suppress(OSError):  # absent when even its creation failed
-                os.unlink(temp_name, dir_fd=folder_fd)
+            self.discard()
             raise PublishError(f"cannot write {path}: {describe_os_error(error)}") from None
+
+    def commit(self) -> None:
+        """Raises PublishError; the destination is then as it was, unless only the folder's
+        fsync failed (it is then in place, perhaps not yet durable)."""
         try:
-            os.fsync(folder_fd)
+            self._close(sync=True)
+            os.rename(self.name, self.path.name, src_dir_fd=self.folder_fd, dst_dir_fd=self.folder_fd)
         except OSError as error:
-            raise PublishError(f"wrote {path} but could not fsync its folder: {error.strerror}") from None
-    finally:
-        os.close(folder_fd)
+            self.discard()
+            raise PublishError(f"cannot write {self.path}: {describe_os_error(error)}") from None
+        self.name = ""  # renamed: nothing of this file is left to discard
+        try:
+            os.fsync(self.folder_fd)
+        except OSError as error:
+            raise PublishError(f"wrote {self.path} but could not fsync its folder: {error.strerror}") from None
 
+    def discard(self) -> None:
+        self._close(sync=False)
+        if self.name:
+            with contextlib.suppress(OSError):  # absent when even its creation failed
+                os.unlink(self.name, dir_fd=self.folder_fd)
+            self.name = ""
 
-def write_temp(folder_fd: int, name: str, data: bytes, uid: int, gid: int, mode: int) -> None:
-    file_fd = os.open(name, CREATE_FLAGS, 0o600, dir_fd=folder_fd)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(file_fd, view) :]
-        os.fsync(file_fd)
-        # Mode first: once the file belongs to someone else, fchmod would need CAP_FOWNER too.
-        # (chown only clears setuid/setgid bits, which a mode here never has.)
-        os.fchmod(file_fd, mode)
-        os.fchown(file_fd, uid, gid)
-    finally:
-        os.close(file_fd)
+    def _close(self, *, sync: bool) -> None:
+        file_fd, self._fd = self._fd, None
+        if file_fd is not None:
+            try:
+                if sync:
+                    os.fsync(file_fd)
+            finally:
+                os.close(file_fd)
 
 
 def probe_ownership(folder: Path, owners: Iterable[tuple[int, int]]) -> None:
@@ -91,6 +126,16 @@ def open_destination_folder(path: Path) -> int:
         raise PublishError(f"cannot open the destination folder: {describe_folder_error(error)}") from None
 
 
+@contextlib.contextmanager
+def destination_folder(path: Path) -> Iterator[int]:
+    """`open_destination_folder`, closed after: one walk for a read, a decision and a write."""
+    folder_fd = open_destination_folder(path)
+    try:
+        yield folder_fd
+    finally:
+        os.close(folder_fd)
+
+
 def describe_os_error(error: OSError) -> str:
     hints = {
         errno.ENOSPC: "no space left on the device; free some and credsync retries",
@@ -108,7 +153,12 @@ def describe_os_error(error: OSError) -> str:
 def read_current(path: Path, max_bytes: int) -> bytes | None:
     """The destination's bytes, or None when it is missing, a symlink or not a regular file
     (each of which a publish replaces). Reads at most max_bytes + 1."""
-    folder_fd = open_destination_folder(path)
+    with destination_folder(path) as folder_fd:
+        return read_current_in(folder_fd, path, max_bytes)
+
+
+def read_current_in(folder_fd: int, path: Path, max_bytes: int) -> bytes | None:
+    """The same, in the folder already open as `folder_fd`."""
     try:
         if not stat.S_ISREG(os.stat(path.name, dir_fd=folder_fd, follow_symlinks=False).st_mode):
             return None  # a socket, FIFO or device must not even be opened
@@ -119,8 +169,6 @@ def read_current(path: Path, max_bytes: int) -> bytes | None:
         if error.errno in (errno.ELOOP, errno.ENXIO):  # replaced by a link or socket since the stat
             return None
         raise PublishError(f"cannot read {path}: {describe_os_error(error)}") from None
-    finally:
-        os.close(folder_fd)
     try:
         if not stat.S_ISREG(os.fstat(file_fd).st_mode):
             return None
@@ -131,15 +179,17 @@ def read_current(path: Path, max_bytes: int) -> bytes | None:
 
 def stat_destination(path: Path) -> os.stat_result | None:
     """The destination's own metadata (never a link's target), or None when it is missing."""
-    folder_fd = open_destination_folder(path)
+    with destination_folder(path) as folder_fd:
+        return stat_destination_in(folder_fd, path)
+
+
+def stat_destination_in(folder_fd: int, path: Path) -> os.stat_result | None:
     try:
         return os.stat(path.name, dir_fd=folder_fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
     except OSError as error:
         raise PublishError(f"cannot inspect {path}: {describe_os_error(error)}") from None
-    finally:
-        os.close(folder_fd)
 
 
 def ensure_private_folder(path: Path) -> None:

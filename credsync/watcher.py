@@ -21,14 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from loguru import logger
-from watchdog.observers.inotify_c import (
-    InotifyConstants,
-    InotifyEvent,
-    Mask,
-    WatchDescriptor,
-    inotify_add_watch,
-    inotify_init,
-)
+from watchdog.observers.inotify_c import InotifyConstants, Mask, inotify_add_watch, inotify_init
 
 from credsync.errors import SourceUnavailable
 from credsync.intake import SourceFolder
@@ -62,6 +55,15 @@ PARENT_MASK = Mask(
 )
 DESTINATION_MASK = Mask(OWN_FOLDER | InotifyConstants.IN_CLOSE_WRITE | InotifyConstants.IN_MOVED_TO)
 
+# Plain ints, tested on the raw mask: watchdog's event objects (a frozen dataclass, a property
+# per bit) cost more than the rest of an event's handling.
+IN_MODIFY, IN_CLOSE_WRITE = int(InotifyConstants.IN_MODIFY), int(InotifyConstants.IN_CLOSE_WRITE)
+IN_MOVED_TO, IN_CREATE = int(InotifyConstants.IN_MOVED_TO), int(InotifyConstants.IN_CREATE)
+FOLDER_GONE = int(InotifyConstants.IN_DELETE_SELF | InotifyConstants.IN_MOVE_SELF)
+IN_ISDIR, IN_IGNORED = int(InotifyConstants.IN_ISDIR), int(InotifyConstants.IN_IGNORED)
+IN_Q_OVERFLOW = int(InotifyConstants.IN_Q_OVERFLOW)
+MAX_EVENT_SIZE = EVENT_HEADER.size + 256  # NAME_MAX and its NUL, padded
+
 SOURCE_REPLACED = "the source folder was replaced"
 UPLOAD_FOLDER_CHANGED = "an upload folder was created, moved or deleted"
 
@@ -85,23 +87,23 @@ class UploadFolderWatch:
         self.callbacks = callbacks
         self.ended = False
 
-    def on_event(self, event: InotifyEvent) -> None:
-        if event.is_delete_self or event.is_move_self:
+    def on_event(self, mask: int, raw_name: bytes) -> None:
+        if mask & FOLDER_GONE:
             self.callbacks.lost(self.gone_reason)
             return
-        if not event.name:
+        if not raw_name:
             return
-        name = self.prefix + os.fsdecode(event.name)
-        if event.mask & InotifyConstants.IN_ISDIR:
+        name = self.prefix + os.fsdecode(raw_name)
+        if mask & IN_ISDIR:
             if name in self.upload_folders:
                 self.callbacks.lost(UPLOAD_FOLDER_CHANGED)
-            elif event.is_create or event.is_moved_to:
+            elif mask & (IN_CREATE | IN_MOVED_TO):
                 self.callbacks.ready(name)  # not an upload: the pipeline says so once
             return
-        if event.is_modify or (event.is_create and is_regular_file(self.source / name)):
+        if mask & IN_MODIFY or (mask & IN_CREATE and is_regular_file(self.source / name)):
             # Being written: the close-after-write that follows says when it is complete.
             self.callbacks.writing(name)
-        elif event.is_create or event.is_close_write or event.is_moved_to:
+        elif mask & (IN_CREATE | IN_CLOSE_WRITE | IN_MOVED_TO):
             self.callbacks.ready(name)
 
 
@@ -114,8 +116,8 @@ class SourceParentWatch:
         self.lost = lost
         self.ended = False  # mount changes and the periodic rescan cover a parent that goes
 
-    def on_event(self, event: InotifyEvent) -> None:
-        if event.name == self.name:
+    def on_event(self, _mask: int, raw_name: bytes) -> None:
+        if raw_name == self.name:
             self.lost(SOURCE_REPLACED)
 
 
@@ -127,10 +129,10 @@ class DestinationWatch:
         self.rewritten = rewritten
         self.ended = False  # consumer-side changes then show at the next rescan
 
-    def on_event(self, event: InotifyEvent) -> None:
+    def on_event(self, _mask: int, raw_name: bytes) -> None:
         # credsync's own renames come here too (the consumer can use the same temp names, so they
         # are not skipped by name): reading them back finds the ledger's hash and stops there.
-        upload = self.uploads_by_name.get(event.name)
+        upload = self.uploads_by_name.get(raw_name)
         if upload is not None:
             self.rewritten(upload)
 
@@ -204,19 +206,21 @@ class Watcher:
                 buffer = os.read(self._fd, READ_SIZE)
             except BlockingIOError:
                 return
-            for event in parse_events(buffer):
-                self._deliver(event)
+            for wd, mask, name in parse_events(buffer):
+                self._deliver(wd, mask, name)
+            if len(buffer) <= READ_SIZE - MAX_EVENT_SIZE:  # the read took all there was: no second one
+                return
 
-    def _deliver(self, event: InotifyEvent) -> None:
-        if event.is_queue_overflow:
+    def _deliver(self, wd: int, mask: int, name: bytes) -> None:
+        if mask & IN_Q_OVERFLOW:
             self.callbacks.lost("the kernel's inotify queue overflowed: events were lost")
             return
-        roles = self._roles.pop(event.wd, []) if event.is_ignored else self._roles.get(event.wd, [])
-        for role in roles:
-            if event.is_ignored:
+        ignored = mask & IN_IGNORED
+        for role in self._roles.pop(wd, []) if ignored else self._roles.get(wd, []):
+            if ignored:
                 role.ended = True  # the folder went, or its file system was unmounted
             else:
-                role.on_event(event)
+                role.on_event(mask, name)
 
     def _identities(self) -> dict[str, FolderIdentity]:
         """The source ('.') and each upload folder: (device, inode), or None where a folder is
@@ -266,15 +270,15 @@ class Watcher:
             self._fd = None
 
 
-def parse_events(buffer: bytes) -> list[InotifyEvent]:
+def parse_events(buffer: bytes) -> list[tuple[int, int, bytes]]:
+    """(watch descriptor, mask, name) of each event in what one read returned."""
     events = []
     offset = 0
     while offset + EVENT_HEADER.size <= len(buffer):
-        wd, mask, cookie, length = EVENT_HEADER.unpack_from(buffer, offset)
+        wd, mask, _cookie, length = EVENT_HEADER.unpack_from(buffer, offset)
         offset += EVENT_HEADER.size
-        name = buffer[offset : offset + length].rstrip(b"\0")
+        events.append((wd, mask, buffer[offset : offset + length].rstrip(b"\0")))
         offset += length
-        events.append(InotifyEvent(WatchDescriptor(wd), Mask(mask), cookie, name))
     return events
 
 

@@ -9,11 +9,20 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from credsync import safe_paths
 from credsync.safe_paths import describe_folder_error, open_folder, open_subfolders
 
 pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
 
 
+@pytest.fixture(params=["one call", "walk"])
+def kernel_walk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test above once with openat2 and once as a kernel without it (the walk alone)."""
+    if request.param == "walk":
+        monkeypatch.setattr(safe_paths.KERNEL_WALK, "usable", False)
+
+
+@pytest.mark.usefixtures("kernel_walk")
 def test_a_real_folder_is_opened(tmp_path: Path) -> None:
     (tmp_path / "a" / "b").mkdir(parents=True)
     folder_fd = open_folder(tmp_path / "a" / "b")
@@ -23,6 +32,7 @@ def test_a_real_folder_is_opened(tmp_path: Path) -> None:
         os.close(folder_fd)
 
 
+@pytest.mark.usefixtures("kernel_walk")
 @pytest.mark.parametrize("where", ["last", "middle"])
 def test_a_symlink_anywhere_on_the_path_is_refused_and_named(tmp_path: Path, where: str) -> None:
     (tmp_path / "real" / "inner").mkdir(parents=True)
@@ -37,6 +47,7 @@ def test_a_symlink_anywhere_on_the_path_is_refused_and_named(tmp_path: Path, whe
     )
 
 
+@pytest.mark.usefixtures("kernel_walk")
 def test_a_file_or_a_missing_folder_is_named(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(OSError) as caught:
@@ -47,6 +58,7 @@ def test_a_file_or_a_missing_folder_is_named(tmp_path: Path) -> None:
     assert describe_folder_error(missing.value) == f"{tmp_path / 'gone'} does not exist"
 
 
+@pytest.mark.usefixtures("kernel_walk")
 def test_relative_paths_and_dot_dot_are_refused(tmp_path: Path) -> None:
     for path in (Path("relative"), Path(f"{tmp_path}/../x")):
         with pytest.raises(OSError) as caught:
@@ -66,3 +78,23 @@ def test_subfolders_below_an_open_folder_refuse_links_and_keep_the_parent_open(t
         os.fstat(parent)  # still open
     finally:
         os.close(parent)
+
+
+def test_this_kernel_opens_folders_in_one_call(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    assert safe_paths.KERNEL_WALK.open(os.fsencode(tmp_path / "a")) is not None or pytest.fail("openat2 refused")
+    assert safe_paths.KERNEL_WALK.usable
+
+
+def test_a_kernel_without_the_call_falls_back_to_the_walk_for_good(tmp_path: Path) -> None:
+    missing = safe_paths.KernelWalk(number=99_999)  # no such system call: ENOSYS
+    assert missing.open(os.fsencode(tmp_path)) is None
+    assert not missing.usable
+
+
+def test_the_one_call_refuses_a_link_anywhere_on_the_path(tmp_path: Path) -> None:
+    (tmp_path / "real" / "inner").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    for path in (tmp_path / "link", tmp_path / "link" / "inner", Path("/proc/self/cwd")):
+        assert safe_paths.KERNEL_WALK.open(os.fsencode(path)) is None, f"followed a link at {path}"
+    assert safe_paths.KERNEL_WALK.usable  # a refused link is not a kernel without the call
