@@ -167,7 +167,8 @@ def read_settled_file(folder_fd: int, name: str, max_bytes: int, settle_ns: int)
         if (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino):
             raise UploadUnsettled("upload was replaced while being opened")
         check_shape(opened, max_bytes)
-        data = read_at_most(file_fd, max_bytes + 1)
+        # One byte past what it holds shows growth; no buffer of the cap's size for a small file.
+        data = read_at_most(file_fd, min(opened.st_size, max_bytes) + 1)
         after = os.fstat(file_fd)
     finally:
         os.close(file_fd)

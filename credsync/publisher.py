@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import secrets
 import stat
@@ -57,7 +58,8 @@ class StagedFile:
             # Mode first: once the file belongs to someone else, fchmod would need CAP_FOWNER too.
             # (chown only clears setuid/setgid bits, which a mode here never has.) Both before the
             # fsync, which then makes them durable with the bytes, before the rename.
-            os.fchmod(self._fd, mode)
+            if mode != created_mode():
+                os.fchmod(self._fd, mode)
             os.fchown(self._fd, uid, gid)
             # Linux starts writing dirty pages back on this advice (it drops only clean ones).
             os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -95,6 +97,19 @@ class StagedFile:
                     os.fsync(file_fd)
             finally:
                 os.close(file_fd)
+
+
+@functools.cache
+def created_mode() -> int:
+    """What `os.open(..., 0o600)` gives a new file under this process's umask, read from /proc
+    once (os.umask would change it for every thread while it reads). -1 when unknown: every
+    write then sets its mode itself. (Nothing in credsync changes its umask.)"""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        return -1
+    return 0o600 & ~umask
 
 
 def probe_ownership(folder: Path, owners: Iterable[tuple[int, int]]) -> None:
@@ -170,9 +185,10 @@ def read_current_in(folder_fd: int, path: Path, max_bytes: int) -> bytes | None:
             return None
         raise PublishError(f"cannot read {path}: {describe_os_error(error)}") from None
     try:
-        if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+        info = os.fstat(file_fd)
+        if not stat.S_ISREG(info.st_mode):
             return None
-        return read_at_most(file_fd, max_bytes + 1)
+        return read_at_most(file_fd, min(info.st_size, max_bytes) + 1)
     finally:
         os.close(file_fd)
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from credsync.errors import PublishError
-from credsync.publisher import keep_private_copy, read_current, remove_stale_temps, write_atomically
+from credsync.publisher import StagedFile, keep_private_copy, read_current, remove_stale_temps, write_atomically
 
 pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
 
@@ -23,6 +24,38 @@ def test_bytes_owner_and_mode(tmp_path: Path) -> None:
     assert target.read_bytes() == b'{"a": 1}'
     assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (1001, 1001, 0o600)
     assert os.listdir(tmp_path) == [".credentials.json"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o277])
+def test_every_mode_is_exact_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    # credsync sets a mode itself only where its umask would not already give it (read once
+    # per process from /proc): each umask in a process of its own.
+    publish = (
+        "import sys; from pathlib import Path; from credsync.publisher import write_atomically\n"
+        "for mode in (0o600, 0o644, 0o400):\n"
+        "    write_atomically(Path(sys.argv[1]) / oct(mode), b'x', uid=0, gid=0, mode=mode)"
+    )
+    subprocess.run([sys.executable, "-c", publish, str(tmp_path)], check=True, preexec_fn=lambda: os.umask(umask))
+    modes = {path.name: path.stat().st_mode & 0o7777 for path in tmp_path.iterdir()}
+    assert modes == {"0o600": 0o600, "0o644": 0o644, "0o400": 0o400}
+
+
+def test_staged_bytes_change_nothing_until_committed_and_leave_nothing_when_discarded(tmp_path: Path) -> None:
+    target = tmp_path / ".credentials.json"
+    write_atomically(target, b"old", uid=1001, gid=1001, mode=0o600)
+    folder_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        discarded = StagedFile(folder_fd, target, b"new", uid=1001, gid=1001, mode=0o600)
+        assert target.read_bytes() == b"old" and len(os.listdir(tmp_path)) == 2
+        discarded.discard()
+        assert os.listdir(tmp_path) == [".credentials.json"] and target.read_bytes() == b"old"
+        committed = StagedFile(folder_fd, target, b"new", uid=1001, gid=1001, mode=0o600)
+        committed.commit()
+        committed.discard()  # after a commit: removes nothing (the name is the destination's now)
+    finally:
+        os.close(folder_fd)
+    assert os.listdir(tmp_path) == [".credentials.json"] and target.read_bytes() == b"new"
+    assert (target.stat().st_uid, target.stat().st_mode & 0o7777) == (1001, 0o600)
 
 
 def test_replacing_is_a_rename_not_an_overwrite(tmp_path: Path) -> None:
