@@ -175,7 +175,7 @@ class Pipeline:
         content = content_of(route, upload)
         try:
             # One walk to the destination's folder for the checks, the decision and the write.
-            folder_fd = open_destination_folder(route.destination)
+            folder_fd = open_destination_folder(route.folder)
             staged = None
             try:
                 staged = self._stage(folder_fd, route, content)

@@ -10,7 +10,6 @@ import contextlib
 import errno
 import functools
 import os
-import secrets
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -47,22 +46,22 @@ class StagedFile:
 
     def __init__(self, folder_fd: int, path: Path, data: bytes, *, uid: int, gid: int, mode: int) -> None:
         """Raises PublishError (nothing is left behind)."""
-        self.folder_fd, self.path = folder_fd, path
-        self.name = f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        self.folder_fd, self.path, self.filename = folder_fd, path, path.name
+        self.name = f"{TEMP_PREFIX}{self.filename}.{os.urandom(4).hex()}{TEMP_SUFFIX}"
         self._fd: int | None = None
         try:
             self._fd = os.open(self.name, CREATE_FLAGS, 0o600, dir_fd=folder_fd)
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view) :]
+            # Linux starts writing dirty pages back on this advice (it drops only clean ones).
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
             # Mode first: once the file belongs to someone else, fchmod would need CAP_FOWNER too.
             # (chown only clears setuid/setgid bits, which a mode here never has.) Both before the
             # fsync, which then makes them durable with the bytes, before the rename.
             if mode != created_mode():
                 os.fchmod(self._fd, mode)
             os.fchown(self._fd, uid, gid)
-            # Linux starts writing dirty pages back on this advice (it drops only clean ones).
-            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
         except OSError as error:
             self.discard()
             raise PublishError(f"cannot write {path}: {describe_os_error(error)}") from None
@@ -72,7 +71,7 @@ class StagedFile:
         fsync failed (it is then in place, perhaps not yet durable)."""
         try:
             self._close(sync=True)
-            os.rename(self.name, self.path.name, src_dir_fd=self.folder_fd, dst_dir_fd=self.folder_fd)
+            os.rename(self.name, self.filename, src_dir_fd=self.folder_fd, dst_dir_fd=self.folder_fd)
         except OSError as error:
             self.discard()
             raise PublishError(f"cannot write {self.path}: {describe_os_error(error)}") from None
@@ -115,8 +114,8 @@ def created_mode() -> int:
 def probe_ownership(folder: Path, owners: Iterable[tuple[int, int]]) -> None:
     """What publishing into `folder` needs, tried with nothing published: create a temp file,
     give it each owner in turn, remove it. Raises PublishError with the reason and its fix."""
-    probe = f"{TEMP_PREFIX}probe.{secrets.token_hex(4)}{TEMP_SUFFIX}"
-    folder_fd = open_destination_folder(folder / probe)
+    probe = f"{TEMP_PREFIX}probe.{os.urandom(4).hex()}{TEMP_SUFFIX}"
+    folder_fd = open_destination_folder(folder)
     try:
         file_fd = os.open(probe, CREATE_FLAGS, 0o600, dir_fd=folder_fd)
         try:
@@ -132,19 +131,19 @@ def probe_ownership(folder: Path, owners: Iterable[tuple[int, int]]) -> None:
         os.close(folder_fd)
 
 
-def open_destination_folder(path: Path) -> int:
-    """The folder `path` lives in, reached without following a symlink (the consumer owns it and
-    could swap a folder on the way for a link to somewhere only root may write)."""
+def open_destination_folder(folder: Path | str) -> int:
+    """The folder a destination lives in, reached without following a symlink (the consumer
+    owns it and could swap a folder on the way for a link to somewhere only root may write)."""
     try:
-        return open_folder(path.parent)
+        return open_folder(folder)
     except OSError as error:
         raise PublishError(f"cannot open the destination folder: {describe_folder_error(error)}") from None
 
 
 @contextlib.contextmanager
 def destination_folder(path: Path) -> Iterator[int]:
-    """`open_destination_folder`, closed after: one walk for a read, a decision and a write."""
-    folder_fd = open_destination_folder(path)
+    """The folder `path` lives in (`open_destination_folder`), closed after."""
+    folder_fd = open_destination_folder(path.parent)
     try:
         yield folder_fd
     finally:
@@ -174,10 +173,11 @@ def read_current(path: Path, max_bytes: int) -> bytes | None:
 
 def read_current_in(folder_fd: int, path: Path, max_bytes: int) -> bytes | None:
     """The same, in the folder already open as `folder_fd`."""
+    name = path.name
     try:
-        if not stat.S_ISREG(os.stat(path.name, dir_fd=folder_fd, follow_symlinks=False).st_mode):
+        if not stat.S_ISREG(os.stat(name, dir_fd=folder_fd, follow_symlinks=False).st_mode):
             return None  # a socket, FIFO or device must not even be opened
-        file_fd = os.open(path.name, READ_FLAGS, dir_fd=folder_fd)
+        file_fd = os.open(name, READ_FLAGS, dir_fd=folder_fd)
     except FileNotFoundError:
         return None
     except OSError as error:

@@ -55,7 +55,7 @@ class KernelWalk:
 KERNEL_WALK = KernelWalk()
 
 
-def open_folder(path: Path) -> int:
+def open_folder(path: Path | str) -> int:
     """A descriptor of the folder at absolute `path`, reached without following any symlink.
     Raises OSError whose `filename` is the component that failed (ENOTDIR: a symlink or not a
     folder; ENOENT, EACCES: as usual)."""
