@@ -9,9 +9,8 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from credsync.errors import Rejection, SourceUnavailable, UploadMissing, UploadUnsettled
 from credsync.safe_paths import describe_folder_error, open_folder, open_subfolders
@@ -28,8 +27,7 @@ FILE_TYPES = {
 }
 
 
-@dataclass(frozen=True)
-class Upload:
+class Upload(NamedTuple):  # a tuple, not a frozen dataclass: made on every upload, and cheaper
     name: str
     data: bytes
     sha256: str
@@ -154,7 +152,7 @@ def read_settled_file(folder_fd: int, name: str, max_bytes: int, settle_ns: int)
     check_shape(before, max_bytes)
     # ctime, not mtime: `scp -p` and `rsync -t` copy the sender's mtime, which may lie in the future;
     # the kernel sets ctime on every write, rename or utimes, and nobody can set it by hand.
-    if time.time_ns() - before.st_ctime_ns < settle_ns:
+    if settle_ns and time.time_ns() - before.st_ctime_ns < settle_ns:
         raise UploadUnsettled("upload was written less than the settle time ago")
     try:
         file_fd = os.open(basename, READ_FLAGS, dir_fd=folder_fd)

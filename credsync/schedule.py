@@ -50,7 +50,8 @@ class Schedule:
     def take_due(self) -> list[str]:
         with self._lock:
             now = self._clock()
-            due = sorted((when, name) for name, when in self._due.items() if when <= now)
+            due = [(when, name) for name, when in self._due.items() if when <= now]
+            due.sort()
             for _, name in due:
                 del self._due[name]
             return [name for _, name in due]

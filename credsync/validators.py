@@ -8,8 +8,7 @@ import gc
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -78,9 +77,9 @@ AWS_ACCESS_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")  # AWS's documented shape;
 TOKEN_TEXT = r"^[\x21-\x7e]+$"  # noqa: S105 - a pattern, not a password  # printable ASCII, no whitespace: it becomes an HTTP header
 
 
-@dataclass(frozen=True)
-class CredentialSummary:
-    """What may be logged about a valid upload: never a secret."""
+class CredentialSummary(NamedTuple):
+    """What may be logged about a valid upload: never a secret. (A tuple: made on every
+    upload, and cheaper than a frozen dataclass.)"""
 
     kind: Kind
     expires_at_ms: int | None = None

@@ -1,0 +1,95 @@
+"""New bytes are staged beside the destination before the last checks (so their writeback
+overlaps them): what those checks decide against leaves the destination folder as it was, and
+a rescan of what is already published stages nothing. Unprivileged: the real pipeline on
+tmp_path, owned by whoever runs the tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from watchdog.observers.inotify_c import InotifyConstants, inotify_add_watch, inotify_init
+
+from credsync.ledger import Ledger
+from credsync.pipeline import Outcome, Pipeline
+from credsync.routes import load_routes
+from credsync.settings import load_settings
+from credsync.watcher import parse_events
+from tests.helpers import claude_credentials
+
+CREDENTIALS, SETUP_TOKEN_UPLOAD = ".credentials.json", "claude-setup-token"
+SETUP_TOKEN = "sk-ant-oat01-" + "s" * 95 + "AA"
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Pipeline:
+    for folder in ("uploads", "claude"):
+        (tmp_path / folder).mkdir(mode=0o700)
+    settings = load_settings(
+        {
+            "source": tmp_path / "uploads",
+            "claude_dir": tmp_path / "claude",
+            "state_dir": tmp_path / "state",
+            "owner": f"{os.getuid()}:{os.getgid()}",
+            "settle_ms": 0,
+        }
+    )
+    return Pipeline(settings, load_routes(settings), Ledger(settings.state_dir))
+
+
+def destination_folder_state(pipeline: Pipeline) -> tuple[list[str], int]:
+    folder = pipeline.settings.claude_dir
+    return sorted(os.listdir(folder)), (folder / CREDENTIALS).stat().st_ino
+
+
+@contextlib.contextmanager
+def names_created_in(folder: Path) -> Iterator[list[str]]:
+    """The names the kernel reports created in `folder` meanwhile (inotify, read at the end)."""
+    created: list[str] = []
+    fd = inotify_init()
+    os.set_blocking(fd, False)
+    try:
+        assert inotify_add_watch(fd, os.fsencode(folder), InotifyConstants.IN_CREATE) >= 0
+        yield created
+        with contextlib.suppress(BlockingIOError):
+            created += [os.fsdecode(name) for _wd, _mask, name in parse_events(os.read(fd, 1 << 16))]
+    finally:
+        os.close(fd)
+
+
+def test_an_upload_a_newer_one_supersedes_leaves_the_destination_and_no_temp_file(pipeline: Pipeline) -> None:
+    source, destination = pipeline.settings.source, pipeline.settings.claude_dir / CREDENTIALS
+    destination.write_bytes(held := claude_credentials(serial=1))
+    (source / CREDENTIALS).write_bytes(claude_credentials(serial=2))
+    (source / SETUP_TOKEN_UPLOAD).write_text(SETUP_TOKEN + "\n")  # written after: the newer one
+    inode = destination.stat().st_ino
+    with names_created_in(destination.parent) as created:
+        assert pipeline.process(CREDENTIALS).outcome is Outcome.SUPERSEDED
+    assert len(created) == 1, "the valid upload was not staged before the check that superseded it"
+    assert os.listdir(destination.parent) == [CREDENTIALS], "a staged temp file was left behind"
+    assert destination.read_bytes() == held and destination.stat().st_ino == inode
+
+
+def test_new_bytes_the_destination_already_holds_leave_it_as_it_is(pipeline: Pipeline) -> None:
+    # No ledger (a lost state folder): the bytes are new to it, so they are staged, and dropped
+    # once the destination is found to hold them already.
+    data = claude_credentials(serial=3)
+    (pipeline.settings.claude_dir / CREDENTIALS).write_bytes(data)
+    (pipeline.settings.claude_dir / CREDENTIALS).chmod(0o600)  # or its mode is repaired: a rewrite
+    (pipeline.settings.source / CREDENTIALS).write_bytes(data)
+    before = destination_folder_state(pipeline)
+    assert pipeline.process(CREDENTIALS).outcome is Outcome.UNCHANGED
+    assert destination_folder_state(pipeline) == before
+
+
+def test_a_rescan_of_what_is_published_stages_nothing(pipeline: Pipeline) -> None:
+    (pipeline.settings.source / CREDENTIALS).write_bytes(claude_credentials(serial=4))
+    assert pipeline.process(CREDENTIALS).outcome is Outcome.PUBLISHED
+    before = destination_folder_state(pipeline)
+    with names_created_in(pipeline.settings.claude_dir) as created:
+        assert pipeline.process(CREDENTIALS).outcome is Outcome.UNCHANGED
+    assert created == [], "a rescan wrote into the destination folder"
+    assert destination_folder_state(pipeline) == before
