@@ -9,6 +9,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple, TypeVar
 
@@ -42,6 +43,7 @@ class SourceFolder:
 
     def __init__(self, path: Path, owner: int | None = None) -> None:
         self.path = path
+        self._path_text = os.fspath(path)  # made once: pathlib's conversion runs Python on every upload
         self.owner = owner
         self.group: int | None = None  # the folder's group, for files credsync gives the uploader
         self._held: int | None = None
@@ -66,7 +68,7 @@ class SourceFolder:
         if self._held is not None:
             return os.dup(self._held)
         try:
-            folder_fd = open_folder(self.path)
+            folder_fd = open_folder(self._path_text)
         except OSError as error:
             raise SourceUnavailable(f"upload folder: {describe_folder_error(error)}") from None
         info = os.fstat(folder_fd)
@@ -83,7 +85,7 @@ class SourceFolder:
         return folder_fd
 
     def read(self, name: str, *, max_bytes: int, settle_ns: int) -> Upload:
-        return self._in_folder(lambda folder_fd: read_upload(folder_fd, name, max_bytes=max_bytes, settle_ns=settle_ns))
+        return self._in_folder(partial(read_upload, name=name, max_bytes=max_bytes, settle_ns=settle_ns))
 
     def changed_ns(self, name: str) -> int | None:
         """When `name` last changed (ctime), or None when it is not there; nothing is read."""
@@ -109,7 +111,7 @@ def changed_ns_of(parent_fd: int, name: str) -> int:
 
 def read_upload(folder_fd: int, name: str, *, max_bytes: int, settle_ns: int) -> Upload:
     """Read `name` (relative to the open folder) if it is a settled, single-link regular file."""
-    return in_parent(folder_fd, name, lambda parent_fd, _: read_settled_file(parent_fd, name, max_bytes, settle_ns))
+    return in_parent(folder_fd, name, partial(read_settled_file, max_bytes=max_bytes, settle_ns=settle_ns))
 
 
 def in_parent(folder_fd: int, name: str, use: Callable[[int, str], T]) -> T:

@@ -306,7 +306,8 @@ def quote_section(section: str) -> str:
 
 def validate_claude_oauth(document: dict[str, Any], now_ms: int) -> CredentialSummary:
     try:
-        oauth = ClaudeCredentialsFile.model_validate(document).claudeAiOauth
+        # The model's own validator: model_validate is a wrapper that costs a cold call per upload.
+        oauth: ClaudeOauth = ClaudeCredentialsFile.__pydantic_validator__.validate_python(document).claudeAiOauth
     except ValidationError as error:
         raise Rejection(describe_model_error(error), code="schema") from None
     warnings = []

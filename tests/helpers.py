@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from credsync.settings import Settings, load_settings
+
 # Built at run time so no committed file holds a token-shaped string; obviously fake.
 CANARY = "CANARY" + secrets.token_hex(12)
 ACCESS_TOKEN = "sk-ant-oat01-fake-" + CANARY
@@ -214,3 +216,19 @@ class WatchProcess:
         self._reader.join(timeout)
         assert_no_canary("".join(line.raw for line in self.lines), "the daemon's log")
         return code
+
+
+def own_settings(root: Path) -> Settings:
+    """Settings for the in-process pipeline without root: uploads/ and claude/ under `root`,
+    published files owned by whoever runs the tests, no settle time."""
+    for folder in ("uploads", "claude"):
+        (root / folder).mkdir(mode=0o700)
+    return load_settings(
+        {
+            "source": root / "uploads",
+            "claude_dir": root / "claude",
+            "state_dir": root / "state",
+            "owner": f"{os.getuid()}:{os.getgid()}",
+            "settle_ms": 0,
+        }
+    )

@@ -23,15 +23,12 @@ from credsync.ledger import Ledger
 from credsync.liveness import Liveness, SystemdEnvironment
 from credsync.pipeline import Pipeline
 from credsync.routes import load_routes
-from credsync.settings import Settings, load_settings
+from credsync.settings import Settings
 from credsync.tally import Tally
 from credsync.watcher import Callbacks
-from tests.helpers import FakeClock, claude_credentials, wait_until
+from tests.helpers import FakeClock, claude_credentials, own_settings, wait_until
 
 CREDENTIALS = ".credentials.json"
-# Settle 0: the intake's own settle check compares the upload's ctime with the wall clock, which
-# a fake clock cannot move; the loop's timing is shown by the write backstop instead.
-SETTLE_S = 0.0
 OUTCOME_TIMEOUT_S = 10.0
 
 
@@ -102,17 +99,9 @@ class Loop:
 
 @pytest.fixture
 def loop(tmp_path: Path) -> Iterator[Loop]:
-    for folder in ("uploads", "claude"):
-        (tmp_path / folder).mkdir(mode=0o700)
-    settings = load_settings(
-        {
-            "source": tmp_path / "uploads",
-            "claude_dir": tmp_path / "claude",
-            "state_dir": tmp_path / "state",
-            "owner": f"{os.getuid()}:{os.getgid()}",
-            "settle_ms": int(SETTLE_S * 1000),
-        }
-    )
+    # Settle 0: the intake's own settle check compares the upload's ctime with the wall clock,
+    # which a fake clock cannot move; the loop's timing is shown by the write backstop instead.
+    settings = own_settings(tmp_path)
     tally = Tally()
     pipeline = Pipeline(settings, load_routes(settings), Ledger(settings.state_dir), tally=tally)
     clock = FakeClock()

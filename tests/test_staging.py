@@ -16,9 +16,8 @@ from watchdog.observers.inotify_c import InotifyConstants, inotify_add_watch, in
 from credsync.ledger import Ledger
 from credsync.pipeline import Outcome, Pipeline
 from credsync.routes import load_routes
-from credsync.settings import load_settings
 from credsync.watcher import parse_events
-from tests.helpers import claude_credentials
+from tests.helpers import claude_credentials, own_settings
 
 CREDENTIALS, SETUP_TOKEN_UPLOAD = ".credentials.json", "claude-setup-token"
 SETUP_TOKEN = "sk-ant-oat01-" + "s" * 95 + "AA"
@@ -26,17 +25,7 @@ SETUP_TOKEN = "sk-ant-oat01-" + "s" * 95 + "AA"
 
 @pytest.fixture
 def pipeline(tmp_path: Path) -> Pipeline:
-    for folder in ("uploads", "claude"):
-        (tmp_path / folder).mkdir(mode=0o700)
-    settings = load_settings(
-        {
-            "source": tmp_path / "uploads",
-            "claude_dir": tmp_path / "claude",
-            "state_dir": tmp_path / "state",
-            "owner": f"{os.getuid()}:{os.getgid()}",
-            "settle_ms": 0,
-        }
-    )
+    settings = own_settings(tmp_path)
     return Pipeline(settings, load_routes(settings), Ledger(settings.state_dir))
 
 
