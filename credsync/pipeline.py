@@ -125,6 +125,7 @@ class Pipeline:
         self.consumer = ConsumerView(settings, ledger, self.tally)
         self.receipts = Receipts(settings.receipts_dir) if settings.receipts_dir and not dry_run else None
         self._last_logged: dict[str, tuple[Outcome, str]] = {}
+        self._decided: dict[str, str] = {}  # route → the content hash last decided on (see _stage)
         self._ignored: set[str] = set(routes.upload_folders())  # folders are not uploads: never logged
         # Told (route, content hash) the moment a destination is in place, before the ledger,
         # the previous-generation copy and the log line: the notifier's clock starts there.
@@ -176,14 +177,16 @@ class Pipeline:
         content = content_of(route, upload)
         try:
             # One walk to the destination's folder for the checks, the decision and the write.
-            folder_fd = open_destination_folder(route.folder)
-            staged = None
             try:
-                staged = self._stage(folder_fd, route, content)
-                decided = self._decide_and_write(folder_fd, route, upload, content, staged)
+                folder_fd = open_destination_folder(route.folder)
+            except PublishError:
+                # A superseded upload needs no destination: that is what its uploader is told.
+                if (superseded := self._superseded_by_newer(route, upload)) is not None:
+                    return superseded
+                raise
+            try:
+                decided = self._decide_in(folder_fd, route, upload, content)
             finally:
-                if staged is not None:
-                    staged.discard()  # nothing left to do once committed
                 os.close(folder_fd)
         except PublishError as error:
             failed = partial(self.tally.publish_failed, route.upload)
@@ -209,13 +212,29 @@ class Pipeline:
             self.consumer.assess(route, held or b"")
         return result
 
+    def _decide_in(
+        self, folder_fd: int, route: Route, upload: Upload, content: Content
+    ) -> Result | tuple[Action, bytes | None]:
+        staged = self._stage(folder_fd, route, content)
+        try:
+            decided = self._decide_and_write(folder_fd, route, upload, content, staged)
+        finally:
+            if staged is not None:
+                staged.discard()  # nothing left to do once committed
+        self._decided[route.upload] = content.sha256
+        return decided
+
     def _stage(self, folder_fd: int, route: Route, content: Content) -> StagedFile | None:
-        """Bytes the ledger has not seen published are nearly always published: written (and
-        their writeback started) before the checks that decide it, the disk works meanwhile. A
-        rescan of unchanged uploads writes nothing; a failure here is said by the write the
-        decision asks for, if it asks for one."""
+        """Bytes seen for the first time are nearly always published: written (and their
+        writeback started) before the checks that decide it, the disk works meanwhile. Bytes
+        already decided on here, or that the ledger says were published, are not: a rescan
+        writes nothing. A failure here is said by the write the decision asks for, if any."""
         last = self.ledger.last(route.upload)
-        if self.dry_run or (last is not None and last.sha256 == content.sha256):
+        if (
+            self.dry_run
+            or self._decided.get(route.upload) == content.sha256
+            or (last is not None and last.sha256 == content.sha256)
+        ):
             return None
         try:
             return StagedFile(folder_fd, route.destination, content.data, uid=route.uid, gid=route.gid, mode=route.mode)
@@ -226,10 +245,8 @@ class Pipeline:
         self, folder_fd: int, route: Route, upload: Upload, content: Content, staged: StagedFile | None
     ) -> Result | tuple[Action, bytes | None]:
         """A superseded upload's Result, or the action taken and what the destination held."""
-        newer = self._newer_upload_for_the_same_file(route, upload)
-        if newer is not None:
-            reason = f"the newer upload {newer.upload} publishes to the same file; remove this one"
-            return self._report(route, Outcome.SUPERSEDED, upload.sha256, reason, level="INFO")
+        if (superseded := self._superseded_by_newer(route, upload)) is not None:
+            return superseded
         current = read_current_in(folder_fd, route.destination, self.settings.max_bytes)
         action = self._decide(route, content, current)
         later = self._published_later_by(route, current) if action is Action.KEEP_CONSUMER else None
@@ -242,6 +259,13 @@ class Pipeline:
             self._remember(route, content)
             self._repair_owner_and_mode(folder_fd, route, content)
         return action, current
+
+    def _superseded_by_newer(self, route: Route, upload: Upload) -> Result | None:
+        newer = self._newer_upload_for_the_same_file(route, upload)
+        if newer is None:
+            return None
+        reason = f"the newer upload {newer.upload} publishes to the same file; remove this one"
+        return self._report(route, Outcome.SUPERSEDED, upload.sha256, reason, level="INFO")
 
     def _newer_upload_for_the_same_file(self, route: Route, upload: Upload) -> Route | None:
         """A login and a setup-token both become `.credentials.json`: the one written last wins,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import os
 import stat
 from collections.abc import Iterable, Iterator
@@ -55,16 +54,21 @@ class StagedFile:
             while view:
                 view = view[os.write(self._fd, view) :]
             # Linux starts writing dirty pages back on this advice (it drops only clean ones).
-            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            # Advice only: where it fails, the fsync does all the work.
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
             # Mode first: once the file belongs to someone else, fchmod would need CAP_FOWNER too.
             # (chown only clears setuid/setgid bits, which a mode here never has.) Both before the
-            # fsync, which then makes them durable with the bytes, before the rename.
-            if mode != created_mode():
-                os.fchmod(self._fd, mode)
+            # fsync, which then makes them durable with the bytes, before the rename; always set,
+            # as neither the umask nor a default ACL the consumer put on its folder decides them.
+            os.fchmod(self._fd, mode)
             os.fchown(self._fd, uid, gid)
         except OSError as error:
             self.discard()
             raise PublishError(f"cannot write {path}: {describe_os_error(error)}") from None
+        except BaseException:  # interrupted: leave no descriptor and no temp file behind
+            self.discard()
+            raise
 
     def commit(self) -> None:
         """Raises PublishError; the destination is then as it was, unless only the folder's
@@ -96,19 +100,6 @@ class StagedFile:
                     os.fsync(file_fd)
             finally:
                 os.close(file_fd)
-
-
-@functools.cache
-def created_mode() -> int:
-    """What `os.open(..., 0o600)` gives a new file under this process's umask, read from /proc
-    once (os.umask would change it for every thread while it reads). -1 when unknown: every
-    write then sets its mode itself. (Nothing in credsync changes its umask.)"""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):
-        return -1
-    return 0o600 & ~umask
 
 
 def probe_ownership(folder: Path, owners: Iterable[tuple[int, int]]) -> None:
@@ -185,10 +176,10 @@ def read_current_in(folder_fd: int, path: Path, max_bytes: int) -> bytes | None:
             return None
         raise PublishError(f"cannot read {path}: {describe_os_error(error)}") from None
     try:
-        info = os.fstat(file_fd)
-        if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISREG(os.fstat(file_fd).st_mode):
             return None
-        return read_at_most(file_fd, min(info.st_size, max_bytes) + 1)
+        # The consumer may be writing it: read what is there now, not what the fstat saw.
+        return read_at_most(file_fd, max_bytes + 1)
     finally:
         os.close(file_fd)
 

@@ -18,7 +18,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-SYS_OPENAT2 = 437  # one number on every architecture: it came after their tables were unified
+SYS_OPENAT2 = 437  # the asm-generic number, which x86 (32 and 64 bit) and arm64 share
 AT_FDCWD = -100
 RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS = 0x02, 0x04
 
@@ -70,7 +70,7 @@ def checked_path(text: str) -> tuple[bytes, tuple[str, ...]]:
     """The path for the kernel and its components, once per path (credsync opens a few folders
     over and over: each upload's source and destination)."""
     parts = tuple(part for part in text.split("/") if part not in ("", "."))
-    if not text.startswith("/") or ".." in parts:
+    if not text.startswith("/") or ".." in parts or "\0" in text:  # ctypes would cut at a NUL
         raise OSError(errno.EINVAL, "not an absolute path without '..'", text)
     return os.fsencode(text), parts
 

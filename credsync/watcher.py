@@ -200,7 +200,8 @@ class Watcher:
         return self._fd
 
     def dispatch(self) -> None:
-        """Hand every queued event to its folder's role; returns when none is left."""
+        """Hand every queued event to its folder's role; returns once a read has taken all that
+        was queued when it ran."""
         while self._fd is not None:
             try:
                 buffer = os.read(self._fd, READ_SIZE)

@@ -28,8 +28,8 @@ def test_bytes_owner_and_mode(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o277])
 def test_every_mode_is_exact_whatever_the_umask(tmp_path: Path, umask: int) -> None:
-    # credsync sets a mode itself only where its umask would not already give it (read once
-    # per process from /proc): each umask in a process of its own.
+    # Neither the umask nor a restrictive one (0o277 takes the owner's write) decides the
+    # mode: each umask in a process of its own.
     publish = (
         "import sys; from pathlib import Path; from credsync.publisher import write_atomically\n"
         "for mode in (0o600, 0o644, 0o400):\n"

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conft
 
 @pytest.fixture(params=["one call", "walk"])
 def kernel_walk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test above once with openat2 and once as a kernel without it (the walk alone)."""
+    """Each test that uses it once with openat2 and once as on a kernel without it (the walk alone)."""
     if request.param == "walk":
         monkeypatch.setattr(safe_paths.KERNEL_WALK, "usable", False)
 
@@ -82,8 +82,12 @@ def test_subfolders_below_an_open_folder_refuse_links_and_keep_the_parent_open(t
 
 def test_this_kernel_opens_folders_in_one_call(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
-    assert safe_paths.KERNEL_WALK.open(os.fsencode(tmp_path / "a")) is not None or pytest.fail("openat2 refused")
-    assert safe_paths.KERNEL_WALK.usable
+    folder_fd = safe_paths.KERNEL_WALK.open(os.fsencode(tmp_path / "a"))
+    assert folder_fd is not None and safe_paths.KERNEL_WALK.usable, "openat2 refused on this kernel"
+    try:
+        assert os.fstat(folder_fd).st_ino == (tmp_path / "a").stat().st_ino
+    finally:
+        os.close(folder_fd)
 
 
 def test_a_kernel_without_the_call_falls_back_to_the_walk_for_good(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from credsync.ledger import Ledger
 from credsync.pipeline import Outcome, Pipeline
 from credsync.routes import load_routes
 from credsync.watcher import parse_events
-from tests.helpers import claude_credentials, own_settings
+from tests.helpers import claude_credentials, own_settings, wait_until
 
 CREDENTIALS, SETUP_TOKEN_UPLOAD = ".credentials.json", "claude-setup-token"
 SETUP_TOKEN = "sk-ant-oat01-" + "s" * 95 + "AA"
@@ -49,17 +49,41 @@ def names_created_in(folder: Path) -> Iterator[list[str]]:
         os.close(fd)
 
 
+def write_newer(path: Path, text: str, than: Path) -> None:
+    """`path` written, its ctime then moved past `than`'s: the kernel stamps files at a
+    clock tick, so two written back to back often share one."""
+    path.write_text(text)
+    wait_until(lambda: touched(path) > than.stat().st_ctime_ns, timeout=5.0, interval=0.001)
+
+
+def touched(path: Path) -> int:
+    os.utime(path)
+    return path.stat().st_ctime_ns
+
+
 def test_an_upload_a_newer_one_supersedes_leaves_the_destination_and_no_temp_file(pipeline: Pipeline) -> None:
     source, destination = pipeline.settings.source, pipeline.settings.claude_dir / CREDENTIALS
     destination.write_bytes(held := claude_credentials(serial=1))
     (source / CREDENTIALS).write_bytes(claude_credentials(serial=2))
-    (source / SETUP_TOKEN_UPLOAD).write_text(SETUP_TOKEN + "\n")  # written after: the newer one
+    write_newer(source / SETUP_TOKEN_UPLOAD, SETUP_TOKEN + "\n", than=source / CREDENTIALS)
     inode = destination.stat().st_ino
     with names_created_in(destination.parent) as created:
         assert pipeline.process(CREDENTIALS).outcome is Outcome.SUPERSEDED
     assert len(created) == 1, "the valid upload was not staged before the check that superseded it"
     assert os.listdir(destination.parent) == [CREDENTIALS], "a staged temp file was left behind"
     assert destination.read_bytes() == held and destination.stat().st_ino == inode
+    with names_created_in(destination.parent) as created:  # a rescan: the same bytes, decided already
+        assert pipeline.process(CREDENTIALS).outcome is Outcome.SUPERSEDED
+    assert created == [], "a superseded upload was staged again at a rescan"
+
+
+def test_a_superseded_upload_is_said_superseded_though_its_destination_folder_is_gone(pipeline: Pipeline) -> None:
+    source = pipeline.settings.source
+    (source / CREDENTIALS).write_bytes(claude_credentials(serial=5))
+    write_newer(source / SETUP_TOKEN_UPLOAD, SETUP_TOKEN + "\n", than=source / CREDENTIALS)
+    pipeline.settings.claude_dir.rmdir()
+    assert pipeline.process(CREDENTIALS).outcome is Outcome.SUPERSEDED
+    assert pipeline.process(SETUP_TOKEN_UPLOAD).outcome is Outcome.FAILED  # the one that would publish
 
 
 def test_new_bytes_the_destination_already_holds_leave_it_as_it_is(pipeline: Pipeline) -> None:
