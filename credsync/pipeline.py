@@ -176,7 +176,9 @@ class Pipeline:
             return self._reject(route, upload.sha256, rejection)
         content = content_of(route, upload)
         try:
-            # One walk to the destination's folder for the checks, the decision and the write.
+            # One walk to the destination's folder for the checks, the decision and the write
+            # (opened and closed here, not through `destination_folder`: a generator costs on
+            # every upload).
             try:
                 folder_fd = open_destination_folder(route.folder)
             except PublishError:
