@@ -151,7 +151,9 @@ def test_two_instances_publish_reject_and_rescan_under_systemd(systemd_host: Sys
     warnings = journal(host, app, "-p", "warning")
     assert "rejected route=.credentials.json" in warnings and "published" not in warnings
 
-    # Reload rescans without a restart: the consumer's file is gone, the rescan repairs it.
+    # Reload rescans without a restart: the consumer's file is gone, the rescan repairs it. The
+    # host is a minimal Debian (no procps): the unit's ExecReload must not need /bin/kill.
+    host.run("test ! -e /bin/kill && test ! -e /usr/bin/kill")
     pid = main_pid(host, app)
     published = f"/var/lib/docker/volumes/{app}_claude-config/_data/.credentials.json"
     good = claude_credentials(serial=3)
