@@ -61,9 +61,16 @@ SIZES = (64 << 10, 256 << 10, 1 << 20)
 MAX_GROWTH = 6.0  # time(1 MiB) / time(256 KiB): 4 when linear, 16 when quadratic
 NOISE_MS = 20.0  # below this, cache effects swamp the ratio
 WORST: dict[str, tuple[Kind, Callable[[int], bytes]]] = {  # by size in bytes
-    "json: unterminated escapes": ("json", lambda n: b'"' + b'\\"' * (n // 2 - 1)),
-    "json: 31-deep arrays": ("json", lambda n: b'{"a": [' + b",".join([b"[" * 31 + b"]" * 31] * (n // 64)) + b"]}"),
-    "json: many empty objects": ("json", lambda n: b'{"a": [' + b",".join([b"{}"] * (n // 3)) + b"]}"),
+    "json: unterminated escapes": ("claude-settings", lambda n: b'"' + b'\\"' * (n // 2 - 1)),
+    "json: 31-deep arrays": (
+        "claude-settings",
+        lambda n: b'{"a": [' + b",".join([b"[" * 31 + b"]" * 31] * (n // 64)) + b"]}",
+    ),
+    "json: many empty objects": ("claude-settings", lambda n: b'{"a": [' + b",".join([b"{}"] * (n // 3)) + b"]}"),
+    "json: an allow-listed list": (
+        "claude-settings",
+        lambda n: b'{"availableModels": [' + b",".join([b'"claude-opus-4-1"'] * (n // 18)) + b"]}",
+    ),
     "ini: 16 KB lines of blanks": (
         "aws-config",
         lambda n: b"[default]\n" + (b"a" + b" " * 16_000 + b"b\n") * (n // 16_003),

@@ -44,7 +44,7 @@ JSON_ROUTES = (UPLOAD_NAME, ".claude.json", "settings.json")
 READY_TIMEOUT_S, ROUND_TIMEOUT_S = 30.0, 10.0
 QUIET_S = 1.0  # no further signal for this long: a lane has said all it will say
 PUBLISH_ONLY_SPACING_S = 0.12  # three routes in turn: each is rewritten every 0.36 s > settle
-ROUTE = '[[route]]\nupload = "b{0:04d}.json"\ndestination = "{{claude_dir}}/b{0:04d}.json"\nkind = "json"\n'
+ROUTE = '[[route]]\nupload = "b{0:04d}.json"\ndestination = "{{claude_dir}}/b{0:04d}.json"\nkind = "claude-settings"\n'
 WRITER_PRIORITY = 10  # SCHED_FIFO, above every normal process and below the kernel's own threads
 # Daemon log lines that mean no signal is coming: fail at once with the daemon's reason.
 CREDSYNC_FAILURES = frozenset(
@@ -53,10 +53,12 @@ CREDSYNC_FAILURES = frozenset(
 
 
 def upload_for(name: str, serial: int) -> bytes:
-    """A valid `.credentials.json`, or JSON for the other routes; distinct per serial."""
+    """A valid `.credentials.json`, or allow-listed JSON for the other routes; distinct per serial."""
     if name == UPLOAD_NAME:
         return claude_credentials(serial=serial)
-    return json.dumps({"bench": serial, "theme": "dark", "padding": "x" * 64}).encode()
+    if name == ".claude.json":
+        return json.dumps({"numStartups": serial, "theme": "dark", "userID": "b" * 64}).encode()
+    return json.dumps({"cleanupPeriodDays": serial, "model": "claude-sonnet-4-5", "outputStyle": "x" * 60}).encode()
 
 
 def write_all(connection: Connection) -> None:
@@ -342,7 +344,8 @@ class CredsyncLane(Lane):
         """The flags WatchProcess passes to `credsync watch` (it adds --log-format=json)."""
         routes = [f"--routes={self.routes}"] if self.routes is not None else []
         folders = f"--source={self.source} --claude-dir={self.dest} --state-dir={self.state}".split()
-        return [*folders, "--owner=1001:1001", f"--notify-target={self.here.consumer.name}", *self.flags, *routes]
+        owner = ["--owner=1001:1001", "--config-routes=settings.json,.claude.json"]  # JSON_ROUTES' other two
+        return [*folders, *owner, f"--notify-target={self.here.consumer.name}", *self.flags, *routes]
 
     def spawn(self) -> WatchProcess:
         return WatchProcess(self, ["--log-level=INFO"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from loguru import logger
 
+from credsync.exposure import exposure_notes
 from credsync.ledger import Ledger
 from credsync.pipeline import Pipeline
 from credsync.publisher import ensure_private_folder, remove_stale_temps
@@ -16,6 +17,8 @@ from credsync.tally import Tally
 def open_pipeline(settings: Settings, *, dry_run: bool, tally: Tally | None = None) -> Pipeline:
     """Routes, state folder, ledger; and temp files a crash left in destination folders."""
     routes = load_routes(settings)
+    for note in exposure_notes(settings, routes):
+        logger.warning(note)
     if not dry_run:
         ensure_private_folder(settings.state_dir)
         state_folders = {settings.state_dir, settings.state_dir / "previous"}

@@ -119,10 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--kind", choices=KINDS, help="kind of every FILE (default: from its name)")
     check.add_argument("--max-bytes", dest="max_bytes", default=argparse.SUPPRESS, help="largest file accepted")
     check.add_argument(
-        "--allow-commands",
-        dest="allow_commands",
+        "--trust-uploader",
+        dest="trust_uploader",
         default=argparse.SUPPRESS,
-        help="accept files that make Claude Code or AWS tools run a command (true/false)",
+        help="judge by syntax only, without the allow-lists (true/false)",
     )
     check.set_defaults(handler=run_validate)
     return parser
@@ -300,7 +300,7 @@ def run_push(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    overrides = {name: getattr(args, name) for name in ("max_bytes", "allow_commands") if hasattr(args, name)}
+    overrides = {name: getattr(args, name) for name in ("max_bytes", "trust_uploader") if hasattr(args, name)}
     settings = load_settings(overrides)
     worst = EXIT_OK
     for path in args.files:
@@ -322,7 +322,7 @@ def run_validate(args: argparse.Namespace) -> int:
             continue
         try:
             summary = validate(
-                kind, data, max_bytes=settings.max_bytes, now_ms=now_ms(), allow_commands=settings.allow_commands
+                kind, data, max_bytes=settings.max_bytes, now_ms=now_ms(), trust_uploader=settings.trust_uploader
             )
         except Rejection as error:
             print(f"{label}: invalid {kind}: {error.reason}{assumed}")

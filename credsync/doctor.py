@@ -13,6 +13,7 @@ from typing import Any
 from credsync.check import Check
 from credsync.container_env import current_container_id
 from credsync.errors import CredsyncError, PublishError, SourceUnavailable
+from credsync.exposure import exposure_notes
 from credsync.intake import SourceFolder
 from credsync.publisher import ensure_private_folder, probe_ownership
 from credsync.routes import RouteTable
@@ -21,8 +22,18 @@ from credsync.settings import Settings
 
 def run_checks(settings: Settings, routes: RouteTable) -> list[Check]:
     checks = [check_source(settings), *check_destinations(routes), check_state(settings), check_inotify()]
+    checks.extend(check_exposure(settings, routes))
     checks.extend(check_docker(settings))
     return checks
+
+
+def check_exposure(settings: Settings, routes: RouteTable) -> Iterator[Check]:
+    """Each is the operator's choice, so it passes; doctor says it every time it runs."""
+    notes = exposure_notes(settings, routes)
+    if not notes:
+        yield Check(True, "only credentials are published, each judged by its allow-list")
+    for note in notes:
+        yield Check(True, note)
 
 
 def check_source(settings: Settings) -> Check:

@@ -26,6 +26,8 @@ class Entry:
     # The consumer's own rewrite of the destination since (Claude refreshing its tokens).
     consumer_sha256: str | None = None
     consumer_seen_at_ms: int | None = None
+    # A setup-token's upload hash and when credsync first saw it: its expiry counts from there.
+    first_seen: tuple[str, int] | None = None
 
 
 class LedgerFile(BaseModel):

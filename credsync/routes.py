@@ -17,8 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from credsync.errors import ConfigError
 from credsync.settings import Mode, Owner, Settings, absolute_path
 
-Kind = Literal["claude-oauth", "claude-setup-token", "json", "aws-credentials", "aws-config"]
-KINDS: tuple[Kind, ...] = ("claude-oauth", "claude-setup-token", "json", "aws-credentials", "aws-config")
+Kind = Literal[
+    "claude-oauth", "claude-setup-token", "claude-settings", "claude-global-config", "aws-credentials", "aws-config"
+]
+KINDS: tuple[Kind, ...] = (
+    "claude-oauth",
+    "claude-setup-token",
+    "claude-settings",
+    "claude-global-config",
+    "aws-credentials",
+    "aws-config",
+)
 
 # rsync writes `.<name>.XXXXXX` next to the target, then renames it into place.
 RSYNC_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9]{6}$")
@@ -106,17 +115,23 @@ def normalise_upload_path(text: str) -> str:
 DEFAULT_ROUTES: tuple[tuple[str, str, Kind, str], ...] = (
     (".credentials.json", "claude", "claude-oauth", ".credentials.json"),
     ("claude-setup-token", "claude", "claude-setup-token", ".credentials.json"),
-    (".claude.json", "claude", "json", ".claude.json"),
-    ("settings.json", "claude", "json", "settings.json"),
     ("aws/credentials", "aws", "aws-credentials", "credentials"),
+)
+# Configuration, not credentials: published only when the operator turns the route on
+# (CREDSYNC_CONFIG_ROUTES or the routes file), and then judged by its allow-list.
+CONFIG_ROUTES: tuple[tuple[str, str, Kind, str], ...] = (
+    ("settings.json", "claude", "claude-settings", "settings.json"),
+    (".claude.json", "claude", "claude-global-config", ".claude.json"),
     ("aws/config", "aws", "aws-config", "config"),
 )
 
 
 def default_routes(settings: Settings) -> list[Route]:
-    """Claude routes always; AWS routes only when CREDSYNC_AWS_DIR is set."""
+    """Credential routes always, and the configuration routes turned on; AWS routes only when
+    CREDSYNC_AWS_DIR is set."""
+    chosen = DEFAULT_ROUTES + tuple(route for route in CONFIG_ROUTES if route[0] in settings.config_routes)
     routes = []
-    for upload, family, kind, filename in DEFAULT_ROUTES:
+    for upload, family, kind, filename in chosen:
         folder = settings.claude_dir if family == "claude" else settings.aws_dir
         if folder is None:
             continue
@@ -191,6 +206,8 @@ def describe_routes_error(error: ValidationError) -> str:
             hint = " (routes are [[route]] tables)" if location[0] in ("routes", "Route") else ""
             problems.append(f"unknown key {location[0]!r}{hint}")
         elif location[:1] == ["route"] and len(location) >= 3 and location[1].isdigit():
+            if location[2:] == ["kind"]:  # the kind every routes file used before the allow-lists
+                message += " ('json' is now claude-settings or claude-global-config, each allow-listed)"
             problems.append(f"route {int(location[1]) + 1}: {'.'.join(location[2:])}: {message}")
         else:
             problems.append(f"{'.'.join(location)}: {message}" if location else message)
@@ -239,4 +256,6 @@ def check_destination(spec: RouteSpec, destination: Path, settings: Settings) ->
 
 def kind_for_filename(filename: str) -> Kind | None:
     """The kind a default route gives a file of this name (for `credsync validate`)."""
-    return next((kind for upload, _, kind, _ in DEFAULT_ROUTES if PurePosixPath(upload).name == filename), None)
+    return next(
+        (kind for upload, _, kind, _ in DEFAULT_ROUTES + CONFIG_ROUTES if PurePosixPath(upload).name == filename), None
+    )

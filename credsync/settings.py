@@ -112,6 +112,25 @@ HostPathVariables = Annotated[
         lambda pairs: ",".join(name if path is None else f"{name}={path}" for name, path in pairs), return_type=str
     ),
 ]
+CONFIG_ROUTE_NAMES = ("settings.json", ".claude.json", "aws/config")
+
+
+def parse_config_routes(value: object) -> tuple[str, ...]:
+    if isinstance(value, tuple):
+        return value
+    names = tuple(filter(None, (part.strip() for part in str(value).split(","))))
+    for name in names:
+        if name not in CONFIG_ROUTE_NAMES:
+            raise ValueError(f"must name only {', '.join(CONFIG_ROUTE_NAMES)}, got {name!r}")
+    return names
+
+
+ConfigRouteNames = Annotated[
+    tuple[str, ...],
+    NoDecode,
+    BeforeValidator(parse_config_routes),
+    PlainSerializer(",".join, return_type=str),
+]
 NotifyMode = Literal["auto", "signal", "exec", "http", "none"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
@@ -131,10 +150,15 @@ class Settings(BaseSettings):
     source_owner: int | None = Field(
         None, ge=0, description="UID that must own the source folder (default: its owner when credsync starts)"
     )
-    allow_commands: bool = Field(
+    trust_uploader: bool = Field(
         False,
-        description="publish files that make Claude Code or AWS tools run a command"
-        " (apiKeyHelper, hooks, MCP server commands, credential_process): the uploader can then run code there",
+        description="lift the allow-lists: whoever can upload may then run code and redirect requests (with the"
+        " consumer's token) as the consumer; said at start and in status and doctor while on",
+    )
+    config_routes: ConfigRouteNames = Field(
+        (),
+        description="configuration files to publish besides credentials, each judged by its allow-list:"
+        f" {', '.join(CONFIG_ROUTE_NAMES)}; comma-separated",
     )
     state_dir: AbsolutePath = Field(Path("/var/lib/credsync"), description="ledger and previous generations")
     settle_ms: int = Field(250, ge=0, le=60_000, description="quiet time before an upload is read")
@@ -214,8 +238,18 @@ class Settings(BaseSettings):
         return self
 
 
+# Settings that were renamed for what they mean: set, they fail the start instead of being ignored.
+RENAMED = {
+    "CREDSYNC_ALLOW_COMMANDS": "CREDSYNC_TRUST_UPLOADER (it now lifts every allow-list; see the README's"
+    " migration note) or remove it",
+}
+
+
 def load_settings(overrides: dict[str, object]) -> Settings:
     """Environment plus CLI overrides; a bad value becomes one ConfigError naming the setting."""
+    for old, new in RENAMED.items():
+        if old in os.environ:
+            raise ConfigError(f"{old} is gone: use {new}")
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:

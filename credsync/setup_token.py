@@ -4,8 +4,9 @@
 `claude setup-token` prints a token (it saves nothing) that lasts a year and never rotates: the
 right credential for a server whose jobs refresh nothing back. Claude Code takes it from
 `claudeAiOauth` with `accessToken`, `expiresAt` and `scopes`, and without a refresh token there
-is nothing for a job to spend. The token does not say when it was made, so the expiry shown is
-a year after the upload was written (an upper bound when an older token is uploaded)."""
+is nothing for a job to spend. The token does not say when it was made, so its expiry is a year
+after credsync first saw it (or after the file's time, when that is earlier): an upper bound the
+uploader cannot push out by sending the same token again or by dating the file ahead."""
 
 from __future__ import annotations
 

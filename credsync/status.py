@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Required, TypedDict, TypeVar
 
 from credsync.credential_health import claude_health
 from credsync.errors import CredsyncError, PublishError, Rejection, SourceUnavailable, UploadMissing
+from credsync.exposure import exposure_notes
 from credsync.hashes import short_hash
 from credsync.intake import SourceFolder
 from credsync.ledger import Ledger
@@ -85,6 +86,7 @@ class StatusReport(TypedDict, total=False):
     """What `status --json` prints: hashes, sizes, owners and times, never a secret."""
 
     routes: Required[list[RouteState]]
+    exposure: Required[list[str]]  # what widens what an upload can do (credsync.exposure)
     notification: Required[NotificationState | None]
     fleet: FleetState  # on a Swarm manager (CREDSYNC_SWARM_SERVICE): each node's delivery task
 
@@ -96,6 +98,7 @@ def gather(settings: Settings, routes: RouteTable) -> StatusReport:
     notification = read_notification(settings.state_dir)
     report: StatusReport = {
         "routes": [route_status(settings, source, route, ledger, now) for route in routes],
+        "exposure": exposure_notes(settings, routes),
         "notification": None
         if notification is None
         else {"at_ms": notification.at_ms, "result": notification.result, "routes": notification.routes},
@@ -152,7 +155,7 @@ def upload_status(settings: Settings, source: SourceFolder, route: Route) -> Upl
             upload.data,
             max_bytes=settings.max_bytes,
             now_ms=now_ms(),
-            allow_commands=settings.allow_commands,
+            trust_uploader=settings.trust_uploader,
         )
     except Rejection as rejection:
         found["problem"] = rejection.reason
@@ -195,7 +198,7 @@ def render_json(report: StatusReport) -> str:
 
 def render_text(report: StatusReport) -> str:
     now = now_ms()
-    lines = []
+    lines = [f"! {note}" for note in report["exposure"]]
     for item in report["routes"]:
         lines.append(f"{item['route']} → {item['destination']} ({item['kind']})")
         lines.append(f"  upload       {describe_upload(item['upload'])}")

@@ -10,8 +10,18 @@ import re
 from collections import Counter
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
+from credsync.allow_lists import (
+    AWS_CONFIG_KEYS,
+    AWS_CREDENTIAL_KEYS,
+    AWS_CREDENTIAL_SOURCES,
+    ClaudeCredentials,
+    ClaudeGlobalConfig,
+    ClaudeOauth,
+    ClaudeSettings,
+    TrustedClaudeCredentials,
+)
 from credsync.errors import Rejection
 from credsync.routes import Kind
 from credsync.setup_token import parse_setup_token
@@ -26,8 +36,8 @@ NOT_BRACKETS = re.compile(r"[^\[\]{}]++")
 SQUARE = str.maketrans("{}", "[]")  # in valid JSON only the depth matters, not the kind of bracket
 MAX_INI_LINE = 16_384  # AWS session tokens run to a few KB; nothing sound is longer
 MAX_INI_LINES = 10_000  # configparser spends ~15 µs a section: this bounds a crafted file to ~0.2 s
-# Names quoted in a reason: only fields credsync knows. Anything else in key position may be a
-# secret pasted in the wrong place (an AWS secret key is 40 letters and digits).
+# Names always quoted in a reason: fields credsync knows. Anything else in key position may be a
+# secret pasted in the wrong place (an AWS secret key is 40 letters and digits): see NAME_LIKE.
 KNOWN_NAMES = frozenset(
     {
         "claudeAiOauth",
@@ -53,28 +63,21 @@ KNOWN_NAMES = frozenset(
 QUOTABLE_SECTION = re.compile(r"^(?:(?:profile|sso-session|services) )?[A-Za-z0-9_.-]{1,24}$")
 # Scopes are shown when they look like scopes (user:inference), never a token-like string.
 QUOTABLE_SCOPE = re.compile(r"^[a-z]{1,16}(?::[a-z_]{1,32}){0,2}$")
-# What makes Claude Code run a command (settings.json, .claude.json) or an AWS SDK (INI files).
-CLAUDE_COMMAND_KEYS = (
-    "apiKeyHelper",
-    "awsAuthRefresh",
-    "awsCredentialExport",
-    "otelHeadersHelper",
-    "hooks",
-    "statusLine",
+TRUST_HINT = (
+    "remove it; CREDSYNC_TRUST_UPLOADER=true lifts the allow-lists, and lets whoever uploads run code and redirect"
+    " requests as the consumer"
 )
-COMMAND_ENVIRONMENT = (
-    "NODE_OPTIONS",
-    "LD_PRELOAD",
-    "LD_AUDIT",
-    "LD_LIBRARY_PATH",
-    "BASH_ENV",
-    "ENV",
-    "CLAUDE_CODE_SHELL_PREFIX",
-)
-AWS_COMMAND_KEYS = ("credential_process",)
-ALLOW_COMMANDS_HINT = "set CREDSYNC_ALLOW_COMMANDS=true only if whoever uploads may run code where the file is read"
 AWS_ACCESS_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")  # AWS's documented shape; a cut-off one is short
-TOKEN_TEXT = r"^[\x21-\x7e]+$"  # noqa: S105 - a pattern, not a password  # printable ASCII, no whitespace: it becomes an HTTP header
+# A key name is quoted when it reads like a name: letters, `_`, `.` and `$`, up to three final
+# digits, few changes of case. A token or a secret key pasted in key position has digits
+# throughout or changes case at every other letter, and is never shown.
+NAME_LIKE = re.compile(r"^[A-Za-z_$][A-Za-z_.]{0,36}[0-9]{0,3}$")
+CASE_CHANGE = re.compile(r"[a-z][A-Z]")
+MAX_CASE_CHANGES = 5
+JSON_ALLOW_LISTS: dict[Kind, type[BaseModel]] = {
+    "claude-settings": ClaudeSettings,
+    "claude-global-config": ClaudeGlobalConfig,
+}
 
 
 class CredentialSummary(NamedTuple):
@@ -103,41 +106,23 @@ class CredentialSummary(NamedTuple):
         return f" ({'; '.join(facts)})" if facts else ""
 
 
-class ClaudeOauth(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    accessToken: str = Field(min_length=1, pattern=TOKEN_TEXT)
-    # Absent or null: a long-lived token, which never rotates. Blank: Claude blanked it after a
-    # refresh failed (the login was rotated elsewhere): that credential is spent.
-    refreshToken: str | None = Field(None, min_length=1, pattern=TOKEN_TEXT)
-    expiresAt: int = Field(gt=0, lt=10**14)
-    scopes: list[str] = Field(min_length=1)
-    refreshTokenExpiresAt: int | None = Field(None, gt=0, lt=10**14)
-
-
-class ClaudeCredentialsFile(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    claudeAiOauth: ClaudeOauth
-
-
 def validate(
-    kind: Kind, data: bytes, *, max_bytes: int, now_ms: int, allow_commands: bool = False
+    kind: Kind, data: bytes, *, max_bytes: int, now_ms: int, trust_uploader: bool = False
 ) -> CredentialSummary:
     text = decode_text(data, max_bytes)
     if kind == "claude-oauth":
-        return validate_claude_oauth(parse_json_object(text), now_ms)
+        return validate_claude_oauth(parse_json_object(text), now_ms, trust_uploader=trust_uploader)
     if kind == "claude-setup-token":
         parse_setup_token(text)
         return CredentialSummary(kind)
-    if kind == "json":
+    if kind in JSON_ALLOW_LISTS:
         document = parse_json_object(text)
-        if not allow_commands:
-            refuse_claude_commands(document)
+        if not trust_uploader:
+            check_allow_list(JSON_ALLOW_LISTS[kind], document)
         return CredentialSummary(kind)
     parser = parse_ini(text)
-    if not allow_commands:
-        refuse_aws_commands(parser)
+    if not trust_uploader:
+        check_aws_keys(parser, AWS_CREDENTIAL_KEYS if kind == "aws-credentials" else AWS_CONFIG_KEYS)
     if kind == "aws-credentials":
         return validate_aws_credentials(parser)
     return CredentialSummary(kind, sections=tuple(parser.sections()))
@@ -149,7 +134,9 @@ def kind_from_content(data: bytes) -> Kind | None:
     if text.startswith("sk-ant-"):
         return "claude-setup-token"
     if text.startswith("{"):
-        return "claude-oauth" if '"claudeAiOauth"' in text else "json"
+        if '"claudeAiOauth"' in text:
+            return "claude-oauth"
+        return "claude-global-config" if '"hasCompletedOnboarding"' in text else "claude-settings"
     if text.startswith(("[", "#", ";")):
         return "aws-credentials" if "aws_access_key_id" in text else "aws-config"
     return None
@@ -160,7 +147,7 @@ def is_sound(kind: Kind, data: bytes, *, max_bytes: int) -> bool:
     so this checks syntax only; a rewritten but well-formed file is the consumer's to keep."""
     try:
         text = decode_text(data, max_bytes)
-        if kind in ("claude-oauth", "claude-setup-token", "json"):  # a setup-token is published as JSON
+        if kind in ("claude-oauth", "claude-setup-token", *JSON_ALLOW_LISTS):  # a setup-token is published as JSON
             parse_json_object(text)
         else:
             parse_ini(text)
@@ -234,40 +221,42 @@ def nesting_depth(text: str) -> int:
     return depth
 
 
-def refuse_claude_commands(document: dict[str, Any]) -> None:
-    """settings.json and .claude.json can make Claude Code run commands wherever it reads them."""
-    found = [key for key in CLAUDE_COMMAND_KEYS if document.get(key)]
-    environment = document.get("env")
-    if isinstance(environment, dict):
-        found += [f"env.{name}" for name in COMMAND_ENVIRONMENT if name in environment]
-    if starts_mcp_commands(document.get("mcpServers")):
-        found.append("mcpServers.*.command")
-    projects = document.get("projects")
-    if isinstance(projects, dict) and any(
-        isinstance(project, dict) and starts_mcp_commands(project.get("mcpServers")) for project in projects.values()
-    ):
-        found.append("projects.*.mcpServers.*.command")
-    if found:
-        raise Rejection(
-            f"{found[0]} makes Claude Code run a command; refused ({ALLOW_COMMANDS_HINT})", code="runs-command"
-        )
+def check_allow_list(model: type[BaseModel], document: dict[str, Any]) -> None:
+    """Every key of the document on the model's allow-list, with a value of the listed type."""
+    try:
+        model.__pydantic_validator__.validate_python(document)
+    except ValidationError as error:
+        raise allow_list_rejection(error) from None
 
 
-def starts_mcp_commands(servers: object) -> bool:
-    """A stdio MCP server is a command Claude Code starts; a `url` one is not."""
-    return isinstance(servers, dict) and any(
-        isinstance(server, dict) and "command" in server for server in servers.values()
-    )
+def allow_list_rejection(error: ValidationError) -> Rejection:
+    """A key off the list is named (when it reads like a name), never its value."""
+    for item in error.errors(include_input=False, include_url=False, include_context=False):
+        if item["type"] == "extra_forbidden":
+            where = ".".join(quote_location(part) for part in item["loc"])
+            return Rejection(f"key {where} is not on the allow-list; {TRUST_HINT}", code="not-allowed")
+    return Rejection(describe_model_error(error), code="schema")
 
 
-def refuse_aws_commands(parser: configparser.ConfigParser) -> None:
+def check_aws_keys(parser: configparser.ConfigParser, allowed: frozenset[str]) -> None:
     for section in parser.sections():
-        for key in AWS_COMMAND_KEYS:
-            if parser.has_option(section, key):
+        if section.startswith(("services ", "sso-session ")):
+            raise Rejection(
+                f"section {quote_section(section)} is not on the allow-list (it sets endpoints or a sign-in URL);"
+                f" {TRUST_HINT}",
+                code="not-allowed",
+            )
+        for key, value in parser.items(section):
+            if key not in allowed:
                 raise Rejection(
-                    f"profile {quote_section(section)}: {key} makes AWS tools run a command; refused"
-                    f" ({ALLOW_COMMANDS_HINT})",
-                    code="runs-command",
+                    f"profile {quote_section(section)}: key {quote_name(key)} is not on the allow-list; {TRUST_HINT}",
+                    code="not-allowed",
+                )
+            if key == "credential_source" and value.strip() not in AWS_CREDENTIAL_SOURCES:
+                raise Rejection(
+                    f"profile {quote_section(section)}: credential_source must be one of"
+                    f" {', '.join(sorted(AWS_CREDENTIAL_SOURCES))}",
+                    code="schema",
                 )
 
 
@@ -293,7 +282,11 @@ def json_type(value: object) -> str:
 
 
 def quote_name(name: str) -> str:
-    return repr(name) if name in KNOWN_NAMES else "(a key not shown)"
+    return repr(name) if name in KNOWN_NAMES or reads_like_a_name(name) else "(a key not shown)"
+
+
+def reads_like_a_name(name: str) -> bool:
+    return NAME_LIKE.match(name) is not None and len(CASE_CHANGE.findall(name)) <= MAX_CASE_CHANGES
 
 
 def quote_scope(scope: str) -> str:
@@ -304,12 +297,13 @@ def quote_section(section: str) -> str:
     return repr(section) if QUOTABLE_SECTION.match(section) else "(a section not shown)"
 
 
-def validate_claude_oauth(document: dict[str, Any], now_ms: int) -> CredentialSummary:
+def validate_claude_oauth(document: dict[str, Any], now_ms: int, *, trust_uploader: bool) -> CredentialSummary:
+    model = TrustedClaudeCredentials if trust_uploader else ClaudeCredentials
     try:
         # The model's own validator: model_validate is a wrapper that costs a cold call per upload.
-        oauth: ClaudeOauth = ClaudeCredentialsFile.__pydantic_validator__.validate_python(document).claudeAiOauth
+        oauth: ClaudeOauth = model.__pydantic_validator__.validate_python(document).claudeAiOauth
     except ValidationError as error:
-        raise Rejection(describe_model_error(error), code="schema") from None
+        raise allow_list_rejection(error) from None
     warnings = []
     access_expired = oauth.expiresAt <= now_ms
     if access_expired and oauth.refreshToken is None:
@@ -348,7 +342,7 @@ def describe_model_error(error: ValidationError) -> str:
 
 
 def quote_location(part: str | int) -> str:
-    return str(part) if isinstance(part, int) or part in KNOWN_NAMES else "?"
+    return str(part) if isinstance(part, int) else quote_name(part).strip("'")
 
 
 class LinearConfigParser(configparser.ConfigParser):

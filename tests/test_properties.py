@@ -61,23 +61,24 @@ def assert_clean_reason(error: CredsyncError, secrets: Sequence[str]) -> None:
         assert not leaked, "a reason quotes a piece of a secret"
 
 
-SYNTAX_ONLY: tuple[Kind, ...] = ("json", "aws-config")  # validating them is parsing them
+# Trusted (no allow-list), validating them is parsing them.
+SYNTAX_ONLY: tuple[Kind, ...] = ("claude-settings", "claude-global-config", "aws-config")
 
 
 def judge(kind: Kind, data: bytes, secrets: Sequence[str] = ()) -> CredentialSummary | None:
     """Validate as the daemon does: a summary, or None for a clean rejection; anything else fails."""
     try:
-        summary = validate(kind, data, max_bytes=MAX, now_ms=NOW, allow_commands=True)
+        summary = validate(kind, data, max_bytes=MAX, now_ms=NOW, trust_uploader=True)
     except Rejection as rejection:
         assert_clean_reason(rejection, secrets)
         assert CODE.match(rejection.code), f"metrics code {rejection.code!r}"
         if kind in SYNTAX_ONLY:
             assert not is_sound(kind, data, max_bytes=MAX), "refused, yet sound as a destination"
         return None
-    try:  # the command policy on top refuses only for commands, and quotes no secret either
+    try:  # the allow-list on top refuses only by key (or a listed key's type), and quotes no secret either
         validate(kind, data, max_bytes=MAX, now_ms=NOW)
     except Rejection as rejection:
-        assert rejection.code == "runs-command", f"refused only without allow_commands: {rejection.code}"
+        assert rejection.code in ("not-allowed", "schema"), f"refused only by the allow-list: {rejection.code}"
         assert_clean_reason(rejection, secrets)
     shown = repr(summary)
     for secret in secrets:
@@ -187,7 +188,8 @@ def setup_token_files(draw: st.DrawFn) -> tuple[bytes, list[str]]:
 VALID_FILES: dict[Kind, Callable[[], st.SearchStrategy[tuple[bytes, list[str]]]]] = {
     "claude-oauth": claude_files,
     "claude-setup-token": setup_token_files,
-    "json": settings_files,
+    "claude-settings": settings_files,
+    "claude-global-config": settings_files,
     "aws-credentials": aws_credential_files,
     "aws-config": aws_config_files,
 }
@@ -365,8 +367,8 @@ def test_a_claude_field_of_any_other_value_is_accepted_or_named_in_the_reason(
     data, secrets = case
     document = json.loads(data)
     document["claudeAiOauth"][field] = value
-    try:
-        validate("claude-oauth", json.dumps(document).encode(), max_bytes=MAX, now_ms=NOW)
+    try:  # trusted: the generated extras are off the allow-list, and this is about the login's own fields
+        validate("claude-oauth", json.dumps(document).encode(), max_bytes=MAX, now_ms=NOW, trust_uploader=True)
     except Rejection as rejection:
         assert_clean_reason(rejection, secrets)
         assert field in rejection.reason or rejection.code == "expired", rejection.reason
@@ -402,7 +404,7 @@ def test_nesting_depth_is_the_structural_depth_and_the_limit_is_exact(
     # Counted exactly up to one past the limit, which is all the check needs.
     assert nesting_depth(text) == min(depth_of({"top": document}), MAX_NESTING + 1)
     try:
-        validate("json", text.encode(), max_bytes=MAX, now_ms=NOW)
+        validate("claude-settings", text.encode(), max_bytes=MAX, now_ms=NOW, trust_uploader=True)
     except Rejection as rejection:
         assert depth_of({"top": document}) > MAX_NESTING and rejection.code == "nesting"
     else:
@@ -418,7 +420,7 @@ def test_a_duplicate_key_at_any_depth_is_refused(
     inner = json.dumps({key: first})[:-1] + ", " + json.dumps(key) + ": " + json.dumps(second) + "}"
     text = data.decode()[:-1] + ', "nested": {"deeper": ' + inner + "}}"
     with pytest.raises(Rejection) as caught:
-        validate("json", text.encode(), max_bytes=MAX, now_ms=NOW)
+        validate("claude-settings", text.encode(), max_bytes=MAX, now_ms=NOW, trust_uploader=True)
     assert caught.value.code == "duplicate-key"
     assert_clean_reason(caught.value, secrets)
 

@@ -12,6 +12,7 @@ import pytest
 from credsync.backoff import CAP_S, JITTER, retry_delay_s
 from credsync.decide import Action, decide
 from credsync.errors import ConfigError
+from credsync.exposure import exposure_notes
 from credsync.ledger import LEDGER_NAME, Entry, Ledger
 from credsync.routes import is_rsync_temp, kind_for_filename, load_routes
 from credsync.schedule import Schedule
@@ -69,13 +70,15 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings(settle_ms="7").settle_ms == 7  # a flag wins over the environment
 
 
-def test_default_routes_and_aws_only_when_configured() -> None:
-    assert [route.upload for route in load_routes(settings())] == [
-        ".credentials.json",
-        "claude-setup-token",
-        ".claude.json",
-        "settings.json",
-    ]
+def test_default_routes_are_credentials_and_aws_only_when_configured() -> None:
+    assert [route.upload for route in load_routes(settings())] == [".credentials.json", "claude-setup-token"]
+    turned_on = load_routes(settings(config_routes="settings.json, .claude.json,aws/config"))
+    assert [(route.upload, route.kind) for route in turned_on] == [
+        (".credentials.json", "claude-oauth"),
+        ("claude-setup-token", "claude-setup-token"),
+        ("settings.json", "claude-settings"),
+        (".claude.json", "claude-global-config"),
+    ]  # aws/config is on, but there is no CREDSYNC_AWS_DIR
     table = load_routes(settings(aws_dir="/srv/aws", aws_owner="0:0"))
     aws = table.match("aws/credentials")
     assert (
@@ -90,32 +93,65 @@ def test_default_routes_and_aws_only_when_configured() -> None:
     oauth = table.match(".credentials.json")
     assert oauth is not None and (oauth.uid, oauth.gid, oauth.mode) == (1001, 1001, 0o600)
     assert table.match("junk.json") is None
+    assert table.match("aws/config") is None and table.match("settings.json") is None
+
+
+def test_configuration_routes_are_named_from_a_fixed_list_and_allow_commands_is_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ConfigError) as unknown:
+        settings(config_routes="settings.json,hooks.json")
+    assert "CREDSYNC_CONFIG_ROUTES" in unknown.value.reason and "'hooks.json'" in unknown.value.reason
+    monkeypatch.setenv("CREDSYNC_ALLOW_COMMANDS", "true")
+    with pytest.raises(ConfigError) as renamed:
+        settings()
+    assert renamed.value.reason.startswith("CREDSYNC_ALLOW_COMMANDS is gone: use CREDSYNC_TRUST_UPLOADER")
+
+
+def test_what_widens_an_upload_is_said(tmp_path: Path) -> None:
+    assert exposure_notes(settings(), load_routes(settings())) == []
+    trusting = settings(trust_uploader="true", config_routes="settings.json")
+    notes = exposure_notes(trusting, load_routes(trusting))
+    assert notes[0].startswith("CREDSYNC_TRUST_UPLOADER is on") and len(notes) == 2
+    assert notes[1] == "configuration route settings.json is on (claude-settings, not allow-listed)"
+    routes_file = tmp_path / "routes.toml"
+    routes_file.write_text('[[route]]\nupload = "c"\ndestination = "/srv/c"\nkind = "aws-config"\n')
+    by_file = settings(routes=routes_file)
+    assert exposure_notes(by_file, load_routes(by_file)) == ["configuration route c is on (aws-config, allow-listed)"]
 
 
 def test_routes_file_adds_and_replaces(tmp_path: Path) -> None:
     routes_file = tmp_path / "routes.toml"
     routes_file.write_text(
-        '[[route]]\nupload = "settings.json"\ndestination = "{claude_dir}/settings.local.json"\nkind = "json"\n'
-        'mode = "0640"\n\n[[route]]\nupload = "gemini/creds.json"\ndestination = "/srv/gemini/creds.json"\n'
-        'kind = "json"\nowner = "2000:2000"\n'
+        '[[route]]\nupload = "settings.json"\ndestination = "{claude_dir}/settings.local.json"\n'
+        'kind = "claude-settings"\nmode = "0640"\n\n[[route]]\nupload = "gemini/creds.json"\n'
+        'destination = "/srv/gemini/creds.json"\n'
+        'kind = "claude-global-config"\nowner = "2000:2000"\n'
     )
-    table = load_routes(settings(routes=routes_file))
+    table = load_routes(settings(routes=routes_file, config_routes="settings.json"))
     replaced = table.match("settings.json")
     added = table.match("gemini/creds.json")
     assert replaced is not None and replaced.destination == Path("/srv/claude/settings.local.json")
     assert replaced.mode == 0o640
-    assert added is not None and (added.uid, added.gid) == (2000, 2000) and len(table) == 5
+    assert added is not None and (added.uid, added.gid) == (2000, 2000) and len(table) == 4
 
 
 @pytest.mark.parametrize(
     ("route", "message"),
     [
-        ('upload = "../x"\ndestination = "/srv/x"\nkind = "json"', "stay inside"),
-        ('upload = "x"\ndestination = "/srv/up/x"\nkind = "json"', "inside /srv/up"),
-        ('upload = "x"\ndestination = "{aws_dir}/x"\nkind = "json"', "CREDSYNC_AWS_DIR is not set"),
+        ('upload = "../x"\ndestination = "/srv/x"\nkind = "claude-settings"', "stay inside"),
+        ('upload = "x"\ndestination = "/srv/up/x"\nkind = "claude-settings"', "inside /srv/up"),
+        ('upload = "x"\ndestination = "{aws_dir}/x"\nkind = "claude-settings"', "CREDSYNC_AWS_DIR is not set"),
         ('upload = "x"\ndestination = "/srv/x"\nkind = "yaml"', "route 1: kind: Input should be 'claude-oauth'"),
-        ('upload = "x"\ndestination = "{claude_dir}/{home}/x"\nkind = "json"', "may only use"),
-        ('upload = "x"\ndestination = "x/y.json"\nkind = "json"', "must be absolute or start with {claude_dir}"),
+        (
+            'upload = "x"\ndestination = "/srv/x"\nkind = "json"',
+            "'json' is now claude-settings or claude-global-config",
+        ),
+        ('upload = "x"\ndestination = "{claude_dir}/{home}/x"\nkind = "claude-settings"', "may only use"),
+        (
+            'upload = "x"\ndestination = "x/y.json"\nkind = "claude-settings"',
+            "must be absolute or start with {claude_dir}",
+        ),
     ],
 )
 def test_bad_routes_files_are_config_errors(tmp_path: Path, route: str, message: str) -> None:
@@ -129,10 +165,10 @@ def test_bad_routes_files_are_config_errors(tmp_path: Path, route: str, message:
 def test_two_routes_may_share_a_destination_only_as_a_login_and_a_setup_token(tmp_path: Path) -> None:
     routes_file = tmp_path / "routes.toml"
     routes_file.write_text(
-        '[[route]]\nupload = "other.json"\ndestination = "{claude_dir}/settings.json"\nkind = "json"\n'
+        '[[route]]\nupload = "other.json"\ndestination = "{claude_dir}/settings.json"\nkind = "claude-settings"\n'
     )
     with pytest.raises(ConfigError) as caught:
-        load_routes(settings(routes=routes_file))
+        load_routes(settings(routes=routes_file, config_routes="settings.json"))
     assert caught.value.reason == (
         "routes settings.json, other.json all publish to /srv/claude/settings.json; give each its own destination"
     )

@@ -4,7 +4,9 @@ that quotes no secret; good input gives a summary without secrets."""
 from __future__ import annotations
 
 import gc
+import itertools
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -49,7 +51,68 @@ def oauth(**fields: object) -> bytes:
     return json.dumps({"claudeAiOauth": {k: v for k, v in base.items() if v is not None}}).encode()
 
 
-def test_claude_credentials_with_unknown_keys_are_accepted_and_summarised_without_secrets() -> None:
+def test_a_laptops_login_is_accepted_with_every_field_claude_code_writes() -> None:
+    # Claude Code 2.1.x: clientId in the login; MCP servers' and design sign-ins beside it.
+    login = json.loads(claude_credentials(clientId="9d1c250a-e61b-44d9-88ed-5944d1962f5e"))
+    login["mcpOAuth"] = {
+        "linear|0a1b": {
+            "serverName": "linear",
+            "serverUrl": "https://mcp.linear.app/sse",
+            "accessToken": "t",
+            "expiresAt": 1,
+            "discoveryState": {"x": 1},
+        }
+    }
+    login["designOauth"] = {"accessToken": "t", "refreshToken": "r", "clientId": "c"}
+    login["trustedDeviceToken"] = "t"
+    summary = validate("claude-oauth", json.dumps(login).encode(), max_bytes=MAX, now_ms=now_ms())
+    assert summary.kind == "claude-oauth" and summary.scopes == ("user:inference", "user:profile")
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"enterpriseGateway": {"url": "http://127.0.0.1:1"}}, "enterpriseGateway"),
+        ({"gatewayTrust": {"127.0.0.1": "pin"}}, "gatewayTrust"),
+        ({"pluginSecrets": {"p/s": {"command": "id"}}}, "pluginSecrets"),
+        ({"claudeAiOauth": {"tokenUrl": "http://127.0.0.1:1"}}, "claudeAiOauth.tokenUrl"),
+    ],
+)
+def test_a_login_with_a_key_off_its_allow_list_is_refused_naming_it(extra: dict[str, Any], named: str) -> None:
+    login = json.loads(claude_credentials())
+    for key, value in extra.items():
+        login[key] = {**login[key], **value} if key in login else value
+    data = json.dumps(login).encode()
+    reason = check("claude-oauth", data)
+    assert reason.startswith(f"key {named} is not on the allow-list") and "127.0.0.1" not in reason, reason
+    assert validate("claude-oauth", data, max_bytes=MAX, now_ms=now_ms(), trust_uploader=True).kind == "claude-oauth"
+
+
+@settings()  # the profile's count: see conftest.py
+@given(
+    secret=st.text(
+        alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", min_size=32, max_size=48
+    )
+)
+def test_a_token_shaped_key_is_never_quoted(secret: str) -> None:
+    # Secrets are long and random: digits inside them, or case changing at every few letters.
+    shaped = (
+        any(c.isdigit() for c in secret[:-3])
+        or sum(a.islower() and b.isupper() for a, b in itertools.pairwise(secret)) > 5
+    )
+    if shaped or "+" in secret or "/" in secret or len(secret) > 40:
+        assert secret not in check("claude-settings", json.dumps({secret: 1}).encode())
+
+
+def test_keys_that_read_like_names_are_quoted() -> None:
+    for name in ("hooks", "enableAllProjectMcpServers", "GIT_CONFIG_KEY_0", "$schema", "cli_pager"):
+        assert (
+            f"key {name} is not" in check("claude-settings", json.dumps({"env": {}, name: 1}).encode())
+            or name == "$schema"
+        )
+
+
+def test_claude_credentials_are_summarised_without_secrets() -> None:
     now = now_ms()
     summary = validate("claude-oauth", claude_credentials(), max_bytes=MAX, now_ms=now)
     assert summary.scopes == ("user:inference", "user:profile")
@@ -100,12 +163,14 @@ def test_bad_claude_credentials_are_rejected_with_a_reason(data: bytes, expected
 
 def test_oversize_is_rejected() -> None:
     with pytest.raises(Rejection, match="over the limit of 10"):
-        validate("json", b'{"a": "0123456789"}', max_bytes=10, now_ms=NOW)
+        validate("claude-settings", b'{"a": "0123456789"}', max_bytes=10, now_ms=NOW)
 
 
 def test_a_secret_used_as_a_key_is_not_quoted() -> None:
-    reason = check("json", f'{{"{ACCESS_TOKEN}": 1, "{ACCESS_TOKEN}": 2}}'.encode())
+    reason = check("claude-settings", f'{{"{ACCESS_TOKEN}": 1, "{ACCESS_TOKEN}": 2}}'.encode())
     assert "a key not shown" in reason
+    off_the_list = check("claude-settings", f'{{"{ACCESS_TOKEN}": 1}}'.encode())
+    assert ACCESS_TOKEN not in off_the_list and "key (a key not shown) is not on the allow-list" in off_the_list
 
 
 @pytest.mark.parametrize(
@@ -154,11 +219,11 @@ def test_parsing_pauses_the_cyclic_collector_and_leaves_it_as_it_found_it() -> N
     # Paused while the document is built (the bench's parse section shows nested arrays linear
     # up to 1 MiB with it, superlinear without); a rejection must not leave it off.
     assert gc.isenabled()
-    assert "top level is an array" in check("json", b"[[1], [2]]")
+    assert "top level is an array" in check("claude-settings", b"[[1], [2]]")
     assert gc.isenabled()
     gc.disable()
     try:
-        validate("json", b'{"a": [1]}', max_bytes=MAX, now_ms=NOW)
+        validate("claude-settings", b'{"availableModels": ["opus"]}', max_bytes=MAX, now_ms=NOW)
         assert not gc.isenabled(), "it turned on a collector its caller had turned off"
     finally:
         gc.enable()
@@ -234,46 +299,124 @@ def test_aws_reasons_never_quote_a_secret(secret: str, noise: str) -> None:
         assert not any(piece in rejection.reason for piece in pieces)
 
 
+# What an adversarial review made the real Claude Code CLI do with each (docs/security.md).
+OFF_THE_SETTINGS_LIST = [
+    (b'{"apiKeyHelper": "fetch-key"}', "apiKeyHelper"),
+    (b'{"awsAuthRefresh": "aws sso login"}', "awsAuthRefresh"),
+    (b'{"gcpAuthRefresh": "gcloud auth x"}', "gcpAuthRefresh"),
+    (b'{"statusLine": {"type": "command", "command": "x"}}', "statusLine"),
+    (b'{"subagentStatusLine": {"type": "command", "command": "x"}}', "subagentStatusLine"),
+    (b'{"fileSuggestion": {"type": "command", "command": "x"}}', "fileSuggestion"),
+    (b'{"hooks": {"Stop": [{"hooks": [{"type": "command", "command": "x"}]}]}}', "hooks"),
+    (b'{"hooks": {}}', "hooks"),  # empty, but a key nobody has said is inert in every release
+    (b'{"env": {"NODE_OPTIONS": "--require /tmp/x.js"}}', "env.NODE_OPTIONS"),
+    (b'{"env": {"ANTHROPIC_BASE_URL": "http://127.0.0.1:18080"}}', "env.ANTHROPIC_BASE_URL"),
+    (b'{"env": {"HTTPS_PROXY": "http://127.0.0.1:3128"}}', "env.HTTPS_PROXY"),
+    (b'{"env": {"NODE_EXTRA_CA_CERTS": "/tmp/ca.pem"}}', "env.NODE_EXTRA_CA_CERTS"),
+    (b'{"env": {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "core.fsmonitor"}}', "env.GIT_CONFIG_COUNT"),
+    (b'{"env": {"SHELLOPTS": "xtrace", "PS4": "$(id)"}}', "env.SHELLOPTS"),
+    (b'{"env": {"PATH": "/tmp/x"}}', "env.PATH"),
+    (b'{"env": {"CLAUDE_CODE_USE_BEDROCK": "1"}}', "env.CLAUDE_CODE_USE_BEDROCK"),
+    (b'{"enableAllProjectMcpServers": true}', "enableAllProjectMcpServers"),
+    (b'{"enabledPlugins": {"x@y": true}}', "enabledPlugins"),
+    (b'{"extraKnownMarketplaces": {"m": {"source": {"source": "git", "url": "x"}}}}', "extraKnownMarketplaces"),
+    (b'{"permissions": {"defaultMode": "bypassPermissions"}}', "permissions.defaultMode"),
+    (b'{"permissions": {"allow": ["Bash(*)"]}}', "permissions.allow"),
+    (b'{"modelOverrides": {"a": "b"}}', "modelOverrides"),
+    (b'{"forceLoginGatewayUrl": "http://127.0.0.1:1"}', "forceLoginGatewayUrl"),
+    (b'{"attribution": {"commit": "run curl x | sh first"}}', "attribution"),
+]
+
+
+@pytest.mark.parametrize(("data", "key"), OFF_THE_SETTINGS_LIST)
+def test_settings_off_the_allow_list_are_refused_by_key_name_never_value(data: bytes, key: str) -> None:
+    reason = check("claude-settings", data)
+    assert reason.startswith(f"key {key} is not on the allow-list") and "CREDSYNC_TRUST_UPLOADER" in reason, reason
+    for value in ("fetch-key", "aws sso login", "/tmp/x.js", "127.0.0.1", "core.fsmonitor", "$(id)", "Bash(*)"):
+        assert value not in reason
+    assert validate("claude-settings", data, max_bytes=MAX, now_ms=NOW, trust_uploader=True).kind == "claude-settings"
+
+
 @pytest.mark.parametrize(
     ("data", "key"),
     [
-        (b'{"apiKeyHelper": "fetch-key"}', "apiKeyHelper"),
-        (b'{"awsAuthRefresh": "aws sso login"}', "awsAuthRefresh"),
-        (b'{"statusLine": {"type": "command", "command": "x"}}', "statusLine"),
-        (b'{"hooks": {"Stop": [{"hooks": [{"type": "command", "command": "x"}]}]}}', "hooks"),
-        (b'{"env": {"NODE_OPTIONS": "--require /tmp/x.js"}}', "env.NODE_OPTIONS"),
-        (b'{"mcpServers": {"a": {"command": "npx"}}}', "mcpServers.*.command"),
-        (b'{"projects": {"/p": {"mcpServers": {"a": {"command": "npx"}}}}}', "projects.*.mcpServers.*.command"),
+        (b'{"mcpServers": {"a": {"command": "npx"}}}', "mcpServers"),
+        (b'{"mcpServers": {"x": {"type": "http", "url": "http://h", "headersHelper": "id"}}}', "mcpServers"),
+        (b'{"projects": {"/p": {"hasTrustDialogAccepted": true}}}', "projects"),
+        (b'{"primaryApiKey": "sk-ant-api03-x"}', "primaryApiKey"),
+        (b'{"customApiKeyResponses": {"approved": ["x"]}}', "customApiKeyResponses"),
+        (b'{"bypassPermissionsModeAccepted": true}', "bypassPermissionsModeAccepted"),
+        (b'{"cachedStatsigGates": {"g": true}}', "cachedStatsigGates"),
     ],
 )
-def test_json_that_makes_claude_code_run_a_command_is_refused_naming_the_key_not_its_value(
-    data: bytes, key: str
-) -> None:
-    reason = check("json", data)
-    assert reason.startswith(f"{key} makes Claude Code run a command") and "CREDSYNC_ALLOW_COMMANDS" in reason
-    for value in ("fetch-key", "aws sso login", "npx", "/tmp/x.js"):
-        assert value not in reason
-    assert validate("json", data, max_bytes=MAX, now_ms=NOW, allow_commands=True).kind == "json"
+def test_global_config_off_the_allow_list_is_refused_by_key_name(data: bytes, key: str) -> None:
+    reason = check("claude-global-config", data)
+    assert reason.startswith(f"key {key} is not on the allow-list"), reason
+    assert "sk-ant" not in reason and "npx" not in reason
 
 
 @pytest.mark.parametrize(
-    "data",
+    ("kind", "data"),
     [
-        b'{"hooks": {}, "apiKeyHelper": ""}',  # empty: nothing to run
-        b'{"env": {"ANTHROPIC_MODEL": "x", "CLAUDE_CODE_USE_BEDROCK": "1"}}',
-        b'{"mcpServers": {"remote": {"type": "http", "url": "https://mcp.example"}}}',
-        b'{"projects": {"/p": {"mcpServers": {}}}}',
+        (
+            "claude-settings",
+            b'{"$schema": "https://json.schemastore.org/claude-code-settings.json", "model": "claude-sonnet-4-5",'
+            b' "availableModels": ["opus", "us.anthropic.claude-opus-4-1-20250805-v1:0"], "cleanupPeriodDays": 30,'
+            b' "includeCoAuthoredBy": false, "permissions": {"deny": ["WebFetch"], "ask": ["Bash(git push:*)"]},'
+            b' "env": {"ANTHROPIC_MODEL": "opus", "DISABLE_TELEMETRY": "1", "BASH_DEFAULT_TIMEOUT_MS": "60000"},'
+            b' "disableAllHooks": true, "deniedMcpServers": [{"serverName": "x"}]}',
+        ),
+        (
+            "claude-global-config",
+            b'{"numStartups": 3, "theme": "dark", "hasCompletedOnboarding": true, "lastOnboardingVersion": "2.1.197",'
+            b' "userID": "5f2c0a", "tipsHistory": {"new-user-warmup": 1}, "autoUpdates": false,'
+            b' "oauthAccount": {"accountUuid": "a-b", "emailAddress": "o@example.org", "organizationRole": "admin"}}',
+        ),
     ],
 )
-def test_json_without_commands_is_accepted(data: bytes) -> None:
-    assert validate("json", data, max_bytes=MAX, now_ms=NOW).kind == "json"
+def test_inert_claude_configuration_is_accepted(kind: Kind, data: bytes) -> None:
+    assert validate(kind, data, max_bytes=MAX, now_ms=NOW).kind == kind
 
 
-def test_aws_credential_process_is_refused_naming_the_profile_not_the_command() -> None:
-    data = b"[profile dev]\nregion = eu-west-1\ncredential_process = /opt/secret-fetcher --x\n"
+def test_an_allow_listed_key_of_the_wrong_type_is_refused_as_schema() -> None:
+    with pytest.raises(Rejection) as refused:
+        validate("claude-settings", b'{"model": 5}', max_bytes=MAX, now_ms=NOW)
+    assert refused.value.code == "schema" and refused.value.reason.startswith("model:")
+    with pytest.raises(Rejection) as redirect:
+        validate("claude-settings", b'{"$schema": "http://127.0.0.1:1/x.json"}', max_bytes=MAX, now_ms=NOW)
+    assert redirect.value.code == "schema"
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        (b"[profile dev]\nregion = eu-west-1\ncredential_process = /opt/secret-fetcher --x\n", "credential_process"),
+        (b'[default]\ncli_pager = sh -c "id"\n', "cli_pager"),
+        (b"[default]\nendpoint_url = http://127.0.0.1:1\n", "endpoint_url"),
+        (b"[default]\nca_bundle = /tmp/ca.pem\n", "ca_bundle"),
+        (b"[default]\nsso_start_url = https://x.awsapps.com/start\n", "sso_start_url"),
+        (b"[default]\nweb_identity_token_file = /tmp/t\n", "web_identity_token_file"),
+    ],
+)
+def test_aws_config_off_the_allow_list_is_refused_naming_the_key_not_the_value(data: bytes, key: str) -> None:
     reason = check("aws-config", data)
-    assert reason.startswith("profile 'profile dev': credential_process makes AWS tools run a command")
-    assert "secret-fetcher" not in reason
+    assert f"key '{key}' is not on the allow-list" in reason, reason
+    for value in ("secret-fetcher", "127.0.0.1", "/tmp/", "awsapps", "sh -c"):
+        assert value not in reason
+    assert validate("aws-config", data, max_bytes=MAX, now_ms=NOW, trust_uploader=True).kind == "aws-config"
+
+
+def test_aws_sections_that_set_endpoints_and_unknown_credential_sources_are_refused() -> None:
+    services = check("aws-config", b"[services local]\ns3 =\n  endpoint_url = http://127.0.0.1:1\n")
+    assert services.startswith("section 'services local' is not on the allow-list")
+    assert "credential_source must be one of" in check("aws-config", b"[default]\ncredential_source = /bin/sh\n")
+    role = b"[profile ci]\nrole_arn = arn:aws:iam::1:role/x\ncredential_source = Environment\nregion = eu-west-1\n"
+    assert validate("aws-config", role, max_bytes=MAX, now_ms=NOW).sections == ("profile ci",)
+
+
+def test_aws_credentials_accept_only_credential_keys() -> None:
+    pasted = b"[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\naws_secret_access_key = x\nrole_arn = y\n"
+    assert "key 'role_arn' is not on the allow-list" in check("aws-credentials", pasted)
 
 
 def test_only_known_names_are_quoted_in_ini_reasons() -> None:
@@ -297,12 +440,14 @@ def test_ini_files_are_capped_in_line_length_and_line_count() -> None:
 def test_configparsers_quadratic_line_is_parsed_in_linear_time_and_split_the_same() -> None:
     # One 16 KB line without a delimiter took configparser's own pattern about 2 s; ours, a pass.
     assert "neither [section] nor key = value" in check("aws-config", b"[default]\na" + b" " * 16_000 + b"b\n")
-    parsed = validate("aws-config", b"[default]\nregion : eu = x\nkey\t=  v=1 \n", max_bytes=MAX, now_ms=NOW)
+    parsed = validate(
+        "aws-config", b"[default]\nregion : eu = x\nkey\t=  v=1 \n", max_bytes=MAX, now_ms=NOW, trust_uploader=True
+    )
     assert parsed.sections == ("default",)
 
 
 def test_an_unterminated_json_string_names_no_empty_place() -> None:
-    reason = check("json", b'{"a": "open')
+    reason = check("claude-settings", b'{"a": "open')
     assert "starting at at" not in reason and reason.startswith(
         "not valid JSON: Unterminated string starting at line 1"
     )
