@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import posixpath
 import re
 import shlex
@@ -18,9 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
 
-from credsync.errors import CredsyncError, Rejection, printable
+from credsync.errors import ConfigError, CredsyncError, Rejection, printable
 from credsync.hashes import short_hash
 from credsync.receipts import receipt_name
 from credsync.routes import Kind
@@ -36,6 +36,10 @@ DEFAULT_UPLOAD_DIR = "claude-uploads"
 RECEIPTS_DIR_NAME = "claude-receipts"
 MAX_BYTES = 1 << 20
 POLL_S = 0.2
+MAX_CONNECT_TIMEOUT_S = 30
+MAX_SHOWN = 200  # characters of one receipt field: a server's answer cannot flood the terminal
+JSON_NAMES: dict[type, str] = {list: "an array", str: "a string", int: "a number", float: "a number"}
+JSON_NAMES |= {bool: "true or false", type(None): "null"}  # what json.loads makes of what is not an object
 TOKEN_IN_TEXT = re.compile(r"sk-ant-oat01-[A-Za-z0-9_-]+")
 
 
@@ -75,8 +79,13 @@ class Server:
 
 
 def parse_server(text: str) -> Server:
-    """`[user@]host[:UPLOAD_DIR]`, as scp writes a remote folder."""
+    """`[user@]host[:UPLOAD_DIR]`, as scp writes a remote folder. A destination starting with
+    `-` would reach ssh as an option (`-oProxyCommand=…` runs a command here): refused."""
     destination, _, folder = text.partition(":")
+    if destination.startswith("-"):
+        raise ConfigError(f"server {printable(text)} refused: it starts with '-', which ssh would take as an option")
+    if not destination:
+        raise ConfigError(f"server {printable(text)} refused: no host (expected [user@]host[:UPLOAD_DIR])")
     folder = folder.removeprefix("~/") or DEFAULT_UPLOAD_DIR
     return Server(destination, folder.rstrip("/") or "/")
 
@@ -173,8 +182,16 @@ class Report:
     line: str
 
 
+def connect_timeout_s(timeout_s: float) -> int:
+    """For ssh's ConnectTimeout (the TCP connection and the SSH handshake): a host that drops
+    packets fails within the receipt timeout, capped, instead of TCP's minutes, and well before
+    the whole session's limit (timeout_s + 60) kills ssh."""
+    return max(1, min(math.ceil(timeout_s), MAX_CONNECT_TIMEOUT_S))
+
+
 def push_to(server: Server, credential: Credential, ssh: Sequence[str], timeout_s: float) -> Report:
-    command = [*ssh, "-T", "-o", "BatchMode=yes", server.destination, remote_script(server, credential, timeout_s)]
+    options = ["-T", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout_s(timeout_s)}"]
+    command = [*ssh, *options, server.destination, remote_script(server, credential, timeout_s)]
     name = printable(server.destination)
     try:
         done = subprocess.run(command, input=credential.data, capture_output=True, timeout=timeout_s + 60)
@@ -185,7 +202,7 @@ def push_to(server: Server, credential: Credential, ssh: Sequence[str], timeout_
             name,
             Verdict.TIMED_OUT,
             f"uploaded, but no receipt within {timeout_s:g}s: is credsync running there with CREDSYNC_RECEIPTS_DIR"
-            f" set to ~/{server.receipts_dir}?",
+            f" set to ~/{printable(server.receipts_dir)}?",
         )
     if done.returncode != 0:
         said = printable(done.stderr.decode(errors="replace").strip().splitlines()[-1:][0] if done.stderr else "")
@@ -193,18 +210,30 @@ def push_to(server: Server, credential: Credential, ssh: Sequence[str], timeout_
     return judge_receipt(name, done.stdout)
 
 
+def shown(value: object) -> str:
+    """A receipt's field as printed: the server wrote it, so it may hold terminal escapes or
+    newlines that would repaint the terminal or forge another server's line."""
+    text = printable(str(value))
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "…"
+
+
 def judge_receipt(name: str, answer: bytes) -> Report:
+    """What the server answered, which it controls entirely: anything but a JSON object is a
+    failure with a one-line reason, and every field printed is made printable."""
     try:
-        receipt: dict[str, Any] = json.loads(answer)
-    except ValueError:
-        return Report(name, Verdict.FAILED, "the receipt could not be read")
-    outcome = str(receipt.get("outcome"))
-    notification = str(receipt.get("notification"))
-    sha = str(receipt.get("published_sha256_prefix") or receipt.get("upload_sha256_prefix"))
+        receipt: object = json.loads(answer)
+    except (ValueError, RecursionError):  # RecursionError: nested arrays deeper than the parser goes
+        return Report(name, Verdict.FAILED, "the receipt is not valid JSON")
+    if not isinstance(receipt, dict):
+        what = JSON_NAMES.get(type(receipt), "something else")
+        return Report(name, Verdict.FAILED, f"the receipt is not a JSON object but {what}")
+    outcome = shown(receipt.get("outcome"))
+    notification = shown(receipt.get("notification"))
+    sha = shown(receipt.get("published_sha256_prefix") or receipt.get("upload_sha256_prefix"))
     if outcome in ("published", "repaired", "unchanged"):
         told = "" if notification == "none" else f", notification {notification}"
         return Report(name, Verdict.DONE, f"{outcome}, sha {sha}{told}")
-    reason = printable(str(receipt.get("reason") or ""))
+    reason = shown(receipt.get("reason") or "")
     if outcome == "rejected":
         return Report(name, Verdict.REJECTED, f"rejected: {reason}")
     return Report(name, Verdict.FAILED, f"{outcome}: {reason}" if reason else outcome)
