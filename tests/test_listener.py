@@ -22,7 +22,8 @@ from loguru import logger
 from prometheus_client.registry import Collector
 
 from credsync.cli import build_parser
-from credsync.metrics import MAX_CONNECTIONS, REQUEST_TIMEOUT_S, BoundedHTTPServer, PrometheusTally, serve
+from credsync.listener import MAX_CONNECTIONS, REQUEST_TIMEOUT_S, BoundedHTTPServer
+from credsync.metrics import PrometheusTally, serve
 from credsync.settings import load_settings
 from tests.helpers import Folders, WatchProcess, wait_until
 
