@@ -20,7 +20,7 @@ from credsync.errors import SourceUnavailable, printable
 from credsync.hashes import short_hash
 from credsync.liveness import Liveness
 from credsync.pipeline import Outcome, Pipeline
-from credsync.schedule import Schedule
+from credsync.schedule import Coalesced, Schedule
 from credsync.watcher import Callbacks, Watcher
 
 
@@ -38,6 +38,9 @@ WATCH_RETRY_S = 5.0
 WRITE_BACKSTOP_S = 1.0  # read an upload that was written to but not closed (hard links, held-open files)
 GIL_SWITCH_S = 0.0005  # the notifier thread waits at most this for the loop's Python work after a publish
 UNSETTLED_RECHECK_S = 0.05  # with settle 0, an upload still being written is not re-read in a busy loop
+# A folder renamed in a loop, or an inotify queue overflowing again and again, asks for a rescan
+# at every event: at most one a second, however many are asked for.
+RESCAN_MIN_INTERVAL_S = 1.0
 
 
 class Wakeup:
@@ -124,7 +127,8 @@ class Daemon:
         self.consumer_checks = Schedule(self.settings.settle_ms / 1000, clock)
         self._stop_requested = False
         self._loop_thread: int | None = None  # the thread running `serve`
-        self._rescan_reason: str | None = None
+        self._rescan_reason: str | None = None  # asked for by events, signals or the look; taken by the loop
+        self._rescans = Coalesced(RESCAN_MIN_INTERVAL_S, clock)
         self._watching = False
         self._failing: set[str] = set()  # uploads whose publish failed, until one succeeds
         self._failing_said = 0  # as the health file last said
@@ -218,8 +222,14 @@ class Daemon:
                 for due in (self.schedule.seconds_until_next(), self.consumer_checks.seconds_until_next())
                 if due is not None
             ]
-            wake_at = min(next_reconcile, next_beat, self.clock() + min(dues, default=3600.0))
-            if self.wakeup.wait(wake_at - self.clock(), self.watcher.fileno()):
+            rescan_due = self._rescans.seconds_until_due()
+            rescan_at = next_reconcile if rescan_due is None else self.clock() + rescan_due
+            wake_at = min(rescan_at, next_beat, self.clock() + min(dues, default=3600.0))
+            # While a rescan is due (held back in a storm), events are left queued: it reads every
+            # route again, so they could add nothing, and a flood of them would cost the CPU the
+            # uploads need. The kernel cuts one short with an overflow, which asks for that rescan.
+            listening = not self._rescans.pending
+            if self.wakeup.wait(wake_at - self.clock(), self.watcher.fileno() if listening else None):
                 self.watcher.dispatch()  # on this thread: what it reports is taken below, no poke needed
             if self._stop_requested:
                 break
@@ -232,30 +242,39 @@ class Daemon:
             if self.wakeup.mounts_changed:  # a bind mount may have replaced the source: look again
                 self.wakeup.mounts_changed = False
                 self._rescan_reason = self._rescan_reason or "the mount table changed"
-            # Once per wake-up: each look walks the source path from / and its route folders.
-            # Events first: they name what happened (the folder replaced), where the look can
-            # only tell that it is no longer the one watched. What the look saw change was
-            # queued as an event when it changed, so events read after a failed look name it too
-            # (the change may have come between the first read and the look).
-            if self.watcher.fileno() is not None:
-                self.watcher.dispatch()
-            healthy = self.watcher.healthy()
-            if self._watching and not healthy:
-                if self.watcher.fileno() is not None:
-                    self.watcher.dispatch()
-                self._rescan_reason = self._rescan_reason or "the source folder is no longer watched"
-            reason = self._rescan_reason or ("periodic" if self.clock() >= next_reconcile else None)
+            watching = self._watching
+            if listening and self._rescan_reason is None:
+                self._look(watching)
+            if self.clock() >= next_reconcile:
+                self._rescans.request("periodic")
+            asked, self._rescan_reason = self._rescan_reason, None
+            if asked is not None:
+                self._rescans.request(asked)
+            reason = self._rescans.take()
             if reason is not None:
-                self._rescan_reason = None
-                healthy = self._ensure_watching()
-                if healthy:
+                watching = self._ensure_watching()
+                if watching:
                     self.reconcile(reason)
-                next_reconcile = self.clock() + self._rescan_interval(healthy)
+                next_reconcile = self.clock() + self._rescan_interval(watching)
             self.pipeline.ledger.flush()
-            if self.clock() >= next_beat or healthy != self._watching or len(self._failing) != self._failing_said:
-                self._watching, self._failing_said = healthy, len(self._failing)
+            if self.clock() >= next_beat or watching != self._watching or len(self._failing) != self._failing_said:
+                self._watching, self._failing_said = watching, len(self._failing)
                 self.liveness.beat(watching=self._watching, failing=self._failing_said)
                 next_beat = self.clock() + self.liveness.interval_s
+
+    def _look(self, watching: bool) -> None:
+        """Once per wake-up, unless a rescan is already asked for (it looks again itself): each look
+        walks the source path from / and its route folders. Events first: they name what happened
+        (the folder replaced), where the look can only tell that it is no longer the one watched.
+        What the look saw change was queued as an event when it changed, so events read after a
+        failed look name it too (the change may have come between the first read and the look)."""
+        if self.watcher.fileno() is not None:
+            self.watcher.dispatch()
+        if self._rescan_reason is not None or self.watcher.healthy() or not watching:
+            return
+        if self.watcher.fileno() is not None:
+            self.watcher.dispatch()
+        self._rescan_reason = self._rescan_reason or "the source folder is no longer watched"
 
     def _check_consumer_side(self, name: str) -> None:
         route = self.pipeline.routes.match(name)

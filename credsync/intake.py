@@ -26,6 +26,19 @@ FILE_TYPES = {
     stat.S_IFCHR: "a character device",
     stat.S_IFBLK: "a block device",
 }
+MAX_BYTES_SETTING = "CREDSYNC_MAX_BYTES"
+
+
+class SizeCap(NamedTuple):
+    """The largest upload accepted, and what sets it (named in a rejection's reason)."""
+
+    max_bytes: int
+    set_by: str
+
+
+# On a Swarm manager every upload is stored as a Swarm secret, which SwarmKit refuses from
+# 500 KiB (its MaxSecretSize): such a file is refused at the intake, like any file too large.
+SWARM_SECRET_CAP = SizeCap(500 * 1024 - 1, "SwarmKit refuses a Swarm secret of 500 KiB or more")
 
 
 class Upload(NamedTuple):  # a tuple, not a frozen dataclass: made on every upload, and cheaper
@@ -46,6 +59,7 @@ class SourceFolder:
         self._path_text = os.fspath(path)  # made once: pathlib's conversion runs Python on every upload
         self.owner = owner
         self.group: int | None = None  # the folder's group, for files credsync gives the uploader
+        self.cap: SizeCap | None = None  # stricter than the max_bytes each read is given, if set
         self._held: int | None = None
 
     def hold(self) -> None:
@@ -85,6 +99,10 @@ class SourceFolder:
         return folder_fd
 
     def read(self, name: str, *, max_bytes: int, settle_ns: int) -> Upload:
+        cap = self.cap
+        if cap is not None and cap.max_bytes < max_bytes:
+            read = partial(read_upload, name=name, max_bytes=cap.max_bytes, settle_ns=settle_ns, set_by=cap.set_by)
+            return self._in_folder(read)
         return self._in_folder(partial(read_upload, name=name, max_bytes=max_bytes, settle_ns=settle_ns))
 
     def changed_ns(self, name: str) -> int | None:
@@ -109,9 +127,13 @@ def changed_ns_of(parent_fd: int, name: str) -> int:
     return os.stat(basename_of(name), dir_fd=parent_fd, follow_symlinks=False).st_ctime_ns
 
 
-def read_upload(folder_fd: int, name: str, *, max_bytes: int, settle_ns: int) -> Upload:
-    """Read `name` (relative to the open folder) if it is a settled, single-link regular file."""
-    return in_parent(folder_fd, name, partial(read_settled_file, max_bytes=max_bytes, settle_ns=settle_ns))
+def read_upload(
+    folder_fd: int, name: str, *, max_bytes: int, settle_ns: int, set_by: str = MAX_BYTES_SETTING
+) -> Upload:
+    """Read `name` (relative to the open folder) if it is a settled, single-link regular file;
+    `set_by` is what sets `max_bytes`, for the reason a larger file is rejected with."""
+    read = partial(read_settled_file, max_bytes=max_bytes, settle_ns=settle_ns, set_by=set_by)
+    return in_parent(folder_fd, name, read)
 
 
 def in_parent(folder_fd: int, name: str, use: Callable[[int, str], T]) -> T:
@@ -145,13 +167,15 @@ def open_parent(folder_fd: int, parent: str) -> int:
         raise Rejection(f"cannot open folder {parent!r}: {error.strerror}", code="unreadable") from None
 
 
-def read_settled_file(folder_fd: int, name: str, max_bytes: int, settle_ns: int) -> Upload:
+def read_settled_file(
+    folder_fd: int, name: str, max_bytes: int, settle_ns: int, set_by: str = MAX_BYTES_SETTING
+) -> Upload:
     basename = basename_of(name)
     try:
         before = os.stat(basename, dir_fd=folder_fd, follow_symlinks=False)
     except FileNotFoundError:
         raise UploadMissing("upload does not exist") from None
-    check_shape(before, max_bytes)
+    check_shape(before, max_bytes, set_by)
     # ctime, not mtime: `scp -p` and `rsync -t` copy the sender's mtime, which may lie in the future;
     # the kernel sets ctime on every write, rename or utimes, and nobody can set it by hand.
     if settle_ns and time.time_ns() - before.st_ctime_ns < settle_ns:
@@ -166,7 +190,7 @@ def read_settled_file(folder_fd: int, name: str, max_bytes: int, settle_ns: int)
         opened = os.fstat(file_fd)
         if (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino):
             raise UploadUnsettled("upload was replaced while being opened")
-        check_shape(opened, max_bytes)
+        check_shape(opened, max_bytes, set_by)
         # One byte past what it holds shows growth; no buffer of the cap's size for a small file.
         data = read_at_most(file_fd, min(opened.st_size, max_bytes) + 1)
         after = os.fstat(file_fd)
@@ -174,14 +198,14 @@ def read_settled_file(folder_fd: int, name: str, max_bytes: int, settle_ns: int)
         os.close(file_fd)
     if len(data) > max_bytes:
         raise Rejection(
-            f"upload grew past the limit of {max_bytes} bytes (CREDSYNC_MAX_BYTES) while being read", code="too-large"
+            f"upload grew past the limit of {max_bytes} bytes ({set_by}) while being read", code="too-large"
         )
     if (after.st_size, after.st_mtime_ns) != (opened.st_size, opened.st_mtime_ns) or len(data) != after.st_size:
         raise UploadUnsettled("upload changed while being read")
     return Upload(name, data, hashlib.sha256(data).hexdigest(), after.st_ctime_ns, after.st_mtime_ns)
 
 
-def check_shape(info: os.stat_result, max_bytes: int) -> None:
+def check_shape(info: os.stat_result, max_bytes: int, set_by: str = MAX_BYTES_SETTING) -> None:
     """Regular file, one link, within the size cap: judged from metadata, before any read."""
     kind = FILE_TYPES.get(stat.S_IFMT(info.st_mode))
     if kind is not None:
@@ -192,9 +216,7 @@ def check_shape(info: os.stat_result, max_bytes: int) -> None:
     if info.st_nlink != 1:
         raise Rejection(f"upload has {info.st_nlink} hard links; copy it instead of linking", code="hard-link")
     if info.st_size > max_bytes:
-        raise Rejection(
-            f"upload is {info.st_size} bytes, over the limit of {max_bytes} (CREDSYNC_MAX_BYTES)", code="too-large"
-        )
+        raise Rejection(f"upload is {info.st_size} bytes, over the limit of {max_bytes} ({set_by})", code="too-large")
 
 
 def read_at_most(fd: int, limit: int) -> bytes:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from functools import partial
+from functools import cached_property, partial
 from pathlib import PurePosixPath
 from typing import NamedTuple
 
@@ -21,7 +21,7 @@ from credsync.consumer_view import ConsumerView
 from credsync.decide import Action, decide
 from credsync.errors import PublishError, Rejection, SourceUnavailable, UploadMissing, UploadUnsettled, printable
 from credsync.hashes import short_hash
-from credsync.intake import SourceFolder, Upload
+from credsync.intake import SWARM_SECRET_CAP, SourceFolder, Upload
 from credsync.ledger import Entry, Ledger
 from credsync.publisher import (
     StagedFile,
@@ -34,13 +34,18 @@ from credsync.publisher import (
 from credsync.receipts import Receipts
 from credsync.routes import Route, RouteTable, is_rsync_temp, near_miss
 from credsync.safe_paths import open_subfolders
+from credsync.schedule import LineBudget, RecentNames
 from credsync.settings import Settings
 from credsync.setup_token import parse_setup_token, render_credentials
 from credsync.tally import Tally
 from credsync.timefmt import now_ms
 from credsync.validators import CredentialSummary, is_sound, validate
 
-IGNORED_MEMORY = 1024
+IGNORED_MEMORY = 1024  # ignored names remembered as said, the oldest forgotten first
+# Lines about ignored names, per level: a burst at once, then a few a second; past that, one line
+# counts those not shown (a flood of names rewritten in a loop must not flood the log).
+IGNORED_BURST = 20
+IGNORED_LINES_PER_S = 1.0
 
 
 class Outcome(Enum):
@@ -96,14 +101,30 @@ class Content(NamedTuple):
 
     data: bytes
     sha256: str
+    first_seen: tuple[str, int] | None = None  # a setup-token's (upload hash, ms): its expiry's start
 
 
-def content_of(route: Route, upload: Upload) -> Content:
-    if route.kind == "claude-setup-token":
-        token = parse_setup_token(upload.data.decode())
-        data = render_credentials(token, upload.written_ns // 1_000_000)
-        return Content(data, hashlib.sha256(data).hexdigest())
-    return Content(upload.data, upload.sha256)
+def content_of(route: Route, upload: Upload, last: Entry | None) -> Content:
+    if route.kind != "claude-setup-token":
+        return Content(upload.data, upload.sha256)
+    token = parse_setup_token(upload.data.decode())
+    if last is not None and last.first_seen is not None and last.first_seen[0] == upload.sha256:
+        first_seen_ms = last.first_seen[1]  # the same token again: the same file, "unchanged"
+    else:
+        first_seen_ms = first_sight(upload.written_ns // 1_000_000, now_ms())
+    data = render_credentials(token, first_seen_ms)
+    validate("claude-oauth", data, max_bytes=len(data), now_ms=now_ms())  # what is written is what Claude takes
+    return Content(data, hashlib.sha256(data).hexdigest(), (upload.sha256, first_seen_ms))
+
+
+def entry_for(route: Route, content: Content) -> Entry:
+    return Entry(content.sha256, len(content.data), str(route.destination), now_ms(), first_seen=content.first_seen)
+
+
+def first_sight(written_ms: int, now: int) -> int:
+    """The uploader chooses the file's time: a time in the future (or before 1970) would push
+    the token's expiry out, so it counts only when it lies in the past."""
+    return written_ms if 0 < written_ms <= now else now
 
 
 class Pipeline:
@@ -122,6 +143,9 @@ class Pipeline:
         self.dry_run = dry_run
         self.tally = tally or Tally()
         self.source = SourceFolder(settings.source, settings.source_owner)
+        # Each upload becomes a Swarm secret on a manager: one SwarmKit would refuse is rejected at
+        # the intake, with that reason, so no receipt says published for what cannot be rolled out.
+        self.source.cap = SWARM_SECRET_CAP if settings.swarm_service is not None else None
         self.consumer = ConsumerView(settings, ledger, self.tally)
         self.receipts = Receipts(settings.receipts_dir) if settings.receipts_dir and not dry_run else None
         self._last_logged: dict[str, tuple[Outcome, str]] = {}
@@ -168,13 +192,13 @@ class Pipeline:
                 upload.data,
                 max_bytes=self.settings.max_bytes,
                 now_ms=now_ms(),
-                allow_commands=self.settings.allow_commands,
+                trust_uploader=self.settings.trust_uploader,
             )
         except Rejection as rejection:
             if not complete:
                 return self._report(route, Outcome.INCOMPLETE, upload.sha256, rejection.reason, level="DEBUG")
             return self._reject(route, upload.sha256, rejection)
-        content = content_of(route, upload)
+        content = content_of(route, upload, self.ledger.last(route.upload))
         try:
             # One walk to the destination's folder for the checks, the decision and the write
             # (opened and closed here, not through `destination_folder`: a generator costs on
@@ -309,7 +333,7 @@ class Pipeline:
         would look like something an old upload must repair."""
         last = self.ledger.last(route.upload)
         if last is None or last.sha256 != content.sha256:
-            self.ledger.record(route.upload, Entry(content.sha256, len(content.data), str(route.destination), now_ms()))
+            self.ledger.record(route.upload, entry_for(route, content))
 
     def _repair_owner_and_mode(self, folder_fd: int, route: Route, content: Content) -> None:
         """The bytes are right, but the consumer owns the file and may have chmod-ed it (or an
@@ -333,7 +357,7 @@ class Pipeline:
         staged.commit()
         if self.on_published is not None:
             self.on_published(route.upload, content.sha256)
-        self.ledger.record(route.upload, Entry(content.sha256, len(content.data), str(route.destination), now_ms()))
+        self.ledger.record(route.upload, entry_for(route, content))
         if current is not None:
             # After the destination, so publishing is not slowed by it; a crash in between costs
             # only this copy of the replaced version, never the published one.
@@ -443,13 +467,28 @@ class Pipeline:
             os.close(source_fd)
 
     def _note_ignored(self, name: str) -> None:
+        """Said once per name while it is among the last IGNORED_MEMORY said, within its level's
+        line budget. How many a budget held back is said once it allows: here, at the next name
+        seen (the next rescan's look at the latest)."""
+        for level, budget in self._ignored_budgets.items():
+            if held := budget.held_back():
+                logger.bind(count=held).log(level, "more ignored names not shown")
         if is_rsync_temp(name) or name in self._ignored or self.routes.match(name) is not None:
             return
-        if len(self._ignored) >= IGNORED_MEMORY:
-            self._ignored.clear()
-        self._ignored.add(name)
+        if not self._ignored_said.add(name):
+            return
         hint = near_miss(name, (route.upload for route in self.routes))
         if hint is None:
-            logger.bind(upload=printable(name)).debug("ignored: no route for this name")
-        else:  # someone meant this to be published: say so where they will look
+            if self._ignored_budgets["DEBUG"].admit():
+                logger.bind(upload=printable(name)).debug("ignored: no route for this name")
+        elif self._ignored_budgets["INFO"].admit():  # someone meant this to be published: say so where they look
             logger.bind(upload=printable(name), hint=hint).info("ignored: no route for this name")
+
+    @cached_property
+    def _ignored_said(self) -> RecentNames:
+        """The ignored names said lately (made at first use, like the budgets)."""
+        return RecentNames(IGNORED_MEMORY)
+
+    @cached_property
+    def _ignored_budgets(self) -> dict[str, LineBudget]:
+        return {level: LineBudget(IGNORED_BURST, IGNORED_LINES_PER_S) for level in ("DEBUG", "INFO")}

@@ -1,11 +1,14 @@
-"""When each upload is due to be read. The watcher thread arms and extends; the main loop
-takes what is due. Pure logic apart from the clock, which tests replace."""
+"""When each upload is due to be read (the watcher thread arms and extends; the main loop
+takes what is due), and how often the rest may happen in a flood: rescans, and log lines about
+ignored names. Pure logic apart from the clock, which tests replace."""
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from credsync.backoff import Random, retry_delay_s
@@ -61,3 +64,101 @@ class Schedule:
             if not self._due:
                 return None
             return max(0.0, min(self._due.values()) - self._clock())
+
+
+class Coalesced:
+    """Requests for one thing (a rescan), done at most once per `interval_s`: a request after a
+    quiet interval is due at once, and those that come within the interval after it wait for its
+    end and are done as one, under the first one's reason. Used by the loop's thread alone."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._reason: str | None = None
+        self._done_at = -math.inf
+
+    def request(self, reason: str) -> None:
+        if self._reason is None:
+            self._reason = reason
+
+    @property
+    def pending(self) -> bool:
+        return self._reason is not None
+
+    def seconds_until_due(self) -> float | None:
+        """None when nothing was requested."""
+        if self._reason is None:
+            return None
+        return max(0.0, self._done_at + self.interval_s - self._clock())
+
+    def take(self) -> str | None:
+        """The reason, when a request is due now (it is then done, and forgotten)."""
+        if self._reason is None:
+            return None
+        now = self._clock()
+        if now < self._done_at + self.interval_s:
+            return None
+        reason, self._reason = self._reason, None
+        self._done_at = now
+        return reason
+
+
+class LineBudget:
+    """A token bucket for log lines: `burst` at once, then `per_s` a second. Lines it holds back
+    are counted, and saying how many (`held_back`) costs a token too: a flood costs at most
+    `burst` lines, then `per_s` a second. Asked `held_back` before each line, the count comes
+    first."""
+
+    def __init__(self, burst: int, per_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst = burst
+        self.per_s = per_s
+        self._clock = clock
+        self._tokens = float(burst)
+        self._filled_at = clock()
+        self._held_back = 0
+
+    def _spend(self) -> bool:
+        now = self._clock()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._filled_at) * self.per_s)
+        self._filled_at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    def admit(self) -> bool:
+        """May this line be said now? If not, it is counted as held back."""
+        if self._spend():
+            return True
+        self._held_back += 1
+        return False
+
+    def held_back(self) -> int:
+        """How many lines were held back, when a line may say so now (it is then spent, and the
+        count starts again); 0 otherwise."""
+        if self._held_back == 0 or not self._spend():
+            return 0
+        held, self._held_back = self._held_back, 0
+        return held
+
+
+class RecentNames:
+    """The last `capacity` names seen; one seen again becomes the newest, the oldest is forgotten
+    first (a bounded memory that never forgets all at once)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._names: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, name: str) -> bool:
+        """Whether `name` is new (not among the last `capacity` names)."""
+        if name in self._names:
+            self._names.move_to_end(name)
+            return False
+        self._names[name] = None
+        if len(self._names) > self.capacity:
+            self._names.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._names)

@@ -31,6 +31,7 @@ from loguru import logger
 from credsync.backoff import retry_delay_s
 from credsync.errors import PublishError
 from credsync.hashes import short_hash
+from credsync.intake import SWARM_SECRET_CAP
 from credsync.notify.notifier import describe
 from credsync.notify.targets import own_compose_project
 from credsync.publisher import ensure_private_folder, read_current
@@ -83,6 +84,7 @@ class SwarmRoller:
         self._due = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._too_large_said: set[str] = set()  # hashes of staged files said too large for a secret
 
     def changed(self, _route: str, _sha256: str) -> None:
         self._due.set()
@@ -108,7 +110,7 @@ class SwarmRoller:
             try:
                 with connect(self.settings.docker_host) as client:
                     name = resolve_service(client, self.settings.swarm_service or "")
-                    converge(client.api, name, self.staged, self.settings.max_bytes)
+                    converge(client.api, name, self.staged, self.settings.max_bytes, self._too_large_said)
             except Exception as error:  # the Engine's, or a surprise: this thread must go on
                 failures += 1
                 wait_s = retry_delay_s(failures)
@@ -136,8 +138,15 @@ def resolve_service(client: docker.DockerClient, name: str) -> str:
     return f"{own_compose_project(client)}_{name}"
 
 
-def converge(client: docker.APIClient, service_name: str, staged: list[Staged], max_bytes: int) -> None:
-    """One look: a secret for each staged file, the service naming them, unused ones gone."""
+def converge(
+    client: docker.APIClient,
+    service_name: str,
+    staged: list[Staged],
+    max_bytes: int,
+    too_large_said: set[str],
+) -> None:
+    """One look: a secret for each staged file, the service naming them, unused ones gone.
+    `too_large_said`: hashes of staged files already said to be too large for a secret."""
     service = client.inspect_service(service_name)  # type: ignore[no-untyped-call]
     wanted: dict[str, dict[str, Any]] = {}
     for item in staged:
@@ -145,8 +154,15 @@ def converge(client: docker.APIClient, service_name: str, staged: list[Staged], 
             data = read_current(item.path, max_bytes)
         except PublishError:  # its staging folder is unreadable: said by the pipeline's publish
             data = None
-        if data is not None:
-            wanted[item.target] = ensure_secret(client, item.target, data)
+        if data is None:
+            continue
+        if len(data) > SWARM_SECRET_CAP.max_bytes:
+            # Staged where the intake did not refuse it (an older version, `credsync sync`):
+            # SwarmKit would refuse the secret, and with it this whole look. Its nodes keep the
+            # secret they have; the other files roll on.
+            say_too_large(item, data, too_large_said)
+            continue
+        wanted[item.target] = ensure_secret(client, item.target, data)
     template = service["Spec"]["TaskTemplate"]
     current = template["ContainerSpec"].get("Secrets") or []
     kept = [ref for ref in current if ref.get("File", {}).get("Name") not in wanted]
@@ -159,6 +175,15 @@ def converge(client: docker.APIClient, service_name: str, staged: list[Staged], 
         rolled = {target: secret["Spec"]["Labels"][SHA_LABEL][:12] for target, secret in wanted.items()}
         logger.bind(service=service_name, secrets=rolled).info("rolling the delivery service")
     prune(client, client.inspect_service(service_name))  # type: ignore[no-untyped-call]
+
+
+def say_too_large(item: Staged, data: bytes, said: set[str]) -> None:
+    sha256 = hashlib.sha256(data).hexdigest()
+    if sha256 not in said:
+        said.add(sha256)
+        logger.bind(target=item.target, sha=short_hash(sha256), bytes=len(data)).error(
+            f"not stored as a Swarm secret: {SWARM_SECRET_CAP.set_by}; upload a smaller file"
+        )
 
 
 def ensure_secret(client: docker.APIClient, target: str, data: bytes) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import stat
 import struct
@@ -63,6 +64,7 @@ FOLDER_GONE = int(InotifyConstants.IN_DELETE_SELF | InotifyConstants.IN_MOVE_SEL
 IN_ISDIR, IN_IGNORED = int(InotifyConstants.IN_ISDIR), int(InotifyConstants.IN_IGNORED)
 IN_Q_OVERFLOW = int(InotifyConstants.IN_Q_OVERFLOW)
 MAX_EVENT_SIZE = EVENT_HEADER.size + 256  # NAME_MAX and its NUL, padded
+MAX_READS_PER_DISPATCH = 16  # 1 MiB: the kernel's default queue (16,384 events) of short names
 
 SOURCE_REPLACED = "the source folder was replaced"
 UPLOAD_FOLDER_CHANGED = "an upload folder was created, moved or deleted"
@@ -178,10 +180,20 @@ class Watcher:
         self._roles = {}
         self._upload_watches = []
         for folder, identity in sorted(identities.items()):
-            if identity is not None:
-                watch = UploadFolderWatch(self.source.path, folder, self.upload_folders, self.callbacks)
+            if identity is None:
+                continue
+            watch = UploadFolderWatch(self.source.path, folder, self.upload_folders, self.callbacks)
+            try:
                 self._add(self.source.path / folder, UPLOAD_MASK, watch)
-                self._upload_watches.append(watch)
+            except OSError as error:
+                # An upload folder moved away since it was looked at (renamed in a loop, say) is
+                # not watched, like a missing one: `healthy` sees it come back. Only the source
+                # itself failing means the source cannot be watched.
+                if folder == "." or error.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    raise
+                identities[folder] = None
+                continue
+            self._upload_watches.append(watch)
         with contextlib.suppress(OSError):  # no parent to watch (/): mount changes and rescans cover it
             self._add(self.source.path.parent, PARENT_MASK, SourceParentWatch(self.source.path, self.callbacks.lost))
         self._watch_destinations()
@@ -200,9 +212,12 @@ class Watcher:
         return self._fd
 
     def dispatch(self) -> None:
-        """Hand every queued event to its folder's role; returns once a read has taken all that
-        was queued when it ran."""
-        while self._fd is not None:
+        """Hand queued events to their folders' roles; returns once a read has taken all that was
+        queued when it ran, or after MAX_READS_PER_DISPATCH reads (events made as fast as they are
+        read must not keep the loop from its uploads: it calls again while any are queued)."""
+        for _ in range(MAX_READS_PER_DISPATCH):
+            if self._fd is None:
+                return
             try:
                 buffer = os.read(self._fd, READ_SIZE)
             except BlockingIOError:

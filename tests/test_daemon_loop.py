@@ -4,6 +4,7 @@ awaits an outcome the loop reports; the clock, not the wall, decides when an upl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -12,21 +13,27 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from loguru import logger
 
+if TYPE_CHECKING:
+    from loguru import Message
+
 from credsync.backoff import CAP_S as RETRY_CAP_S
-from credsync.daemon import WRITE_BACKSTOP_S, Daemon
+from credsync.daemon import RESCAN_MIN_INTERVAL_S, WRITE_BACKSTOP_S, Daemon
 from credsync.health_probe import HEALTH_FILE, Unhealthy, check_health
+from credsync.intake import SWARM_SECRET_CAP
 from credsync.ledger import Ledger
 from credsync.liveness import Liveness, SystemdEnvironment
 from credsync.pipeline import Pipeline
+from credsync.receipts import receipt_name
 from credsync.routes import load_routes
-from credsync.settings import Settings
+from credsync.settings import Settings, load_settings
 from credsync.tally import Tally
 from credsync.watcher import Callbacks
-from tests.helpers import FakeClock, claude_credentials, own_settings, wait_until
+from tests.helpers import FakeClock, aws_credentials, claude_credentials, own_settings, sha12, wait_until
 
 CREDENTIALS = ".credentials.json"
 OUTCOME_TIMEOUT_S = 10.0
@@ -101,7 +108,13 @@ class Loop:
 def loop(tmp_path: Path) -> Iterator[Loop]:
     # Settle 0: the intake's own settle check compares the upload's ctime with the wall clock,
     # which a fake clock cannot move; the loop's timing is shown by the write backstop instead.
-    settings = own_settings(tmp_path)
+    with running(own_settings(tmp_path)) as running_loop:
+        yield running_loop
+
+
+@contextlib.contextmanager
+def running(settings: Settings) -> Iterator[Loop]:
+    """The daemon's loop on its own thread, ready (first reconcile done), stopped after."""
     tally = Tally()
     pipeline = Pipeline(settings, load_routes(settings), Ledger(settings.state_dir), tally=tally)
     clock = FakeClock()
@@ -226,3 +239,109 @@ def test_a_health_record_left_by_a_killed_predecessor_is_not_read_as_this_daemon
     record.write_text(f"pid={os.getpid()} ready=1 watching=1 failing=0 heartbeat_ms=9 interval_s=30\n")
     Liveness(tmp_path, SystemdEnvironment(), Tally())
     assert not record.exists()
+
+
+def test_rescans_asked_for_again_and_again_are_done_once_a_second_and_hold_back_no_upload(loop: Loop) -> None:
+    """A folder renamed in a loop asks for a rescan at every event: the first is done at once,
+    those that follow within a second of the clock wait for its end and are done as one."""
+    reasons: queue.Queue[str] = queue.Queue()
+
+    def rescanned(message: Message) -> None:
+        if message.record["message"] == "reconcile":
+            reasons.put(str(message.record["extra"]["reason"]))
+
+    sink = logger.add(rescanned, level="DEBUG")
+    try:
+        loop.watcher.callbacks.lost("first")
+        assert reasons.get(timeout=OUTCOME_TIMEOUT_S) == "first"
+        loop.pass_done()  # that rescan is over
+        for reason in ("second", "third", "fourth"):
+            loop.watcher.callbacks.lost(reason)
+        # Two uploads, one after the other: the pass that took the first has ended once the
+        # second is published, and a rescan not held back would have been done in it.
+        for serial in (8, 9):
+            data = claude_credentials(serial=serial)
+            loop.upload(CREDENTIALS, data)
+            loop.watcher.callbacks.ready(CREDENTIALS)
+            assert loop.next_publication()[0] == CREDENTIALS, "an upload waits for no rescan"
+        assert reasons.empty(), "a rescan was done before a second of the clock had passed"
+        loop.advance(RESCAN_MIN_INTERVAL_S)
+        assert reasons.get(timeout=OUTCOME_TIMEOUT_S) == "second"
+        loop.advance(RESCAN_MIN_INTERVAL_S)
+        assert reasons.empty(), "the requests that came together were done apart"
+    finally:
+        logger.remove(sink)
+    assert (loop.settings.claude_dir / CREDENTIALS).read_bytes() == data
+
+
+def padded(data: bytes, size: int) -> bytes:
+    """Valid JSON of exactly `size` bytes: the credential, then white space."""
+    return data + b" " * (size - len(data))
+
+
+def swarm_settings(root: Path) -> Settings:
+    """As on a Swarm manager's intake (CREDSYNC_SWARM_SERVICE), with an AWS route and receipts."""
+    for folder in ("uploads", "uploads/aws", "claude", "aws", "receipts"):
+        (root / folder).mkdir(mode=0o700)
+    owner = f"{os.getuid()}:{os.getgid()}"
+    return load_settings(
+        {
+            "source": root / "uploads",
+            "claude_dir": root / "claude",
+            "aws_dir": root / "aws",
+            "state_dir": root / "state",
+            "receipts_dir": root / "receipts",
+            "owner": owner,
+            "aws_owner": owner,
+            "settle_ms": 0,
+            "swarm_service": "deliver",
+        }
+    )
+
+
+def receipt(settings: Settings, route: str, outcome: str) -> dict[str, str]:
+    """The route's receipt once it says `outcome` (written just after the decision's line)."""
+    assert settings.receipts_dir is not None
+    path = settings.receipts_dir / receipt_name(route)
+
+    def written() -> bool:
+        return path.exists() and json.loads(path.read_bytes())["outcome"] == outcome
+
+    wait_until(written, timeout=OUTCOME_TIMEOUT_S)
+    said: dict[str, str] = json.loads(path.read_bytes())
+    return said
+
+
+def test_on_a_swarm_manager_a_file_swarmkit_would_refuse_is_rejected_at_the_intake_and_holds_back_no_route(
+    tmp_path: Path,
+) -> None:
+    """SwarmKit refuses a secret of 500 KiB or more: such an upload is rejected with that reason
+    (and its receipt says so), never staged; another route's upload is published meanwhile."""
+    with running(swarm_settings(tmp_path)) as loop:
+        too_large = padded(claude_credentials(serial=9), 500 * 1024)
+        aws = aws_credentials()
+        loop.upload(CREDENTIALS, too_large)
+        loop.upload("aws/credentials", aws)
+        loop.watcher.callbacks.ready(CREDENTIALS)
+        loop.watcher.callbacks.ready("aws/credentials")
+        assert loop.next_publication()[0] == "aws/credentials"
+        refused = receipt(loop.settings, CREDENTIALS, "rejected")
+        assert refused["reason_code"] == "too-large"
+        assert "SwarmKit" in refused["reason"] and f"{len(too_large)} bytes" in refused["reason"]
+        assert str(SWARM_SECRET_CAP.max_bytes) in refused["reason"]
+        assert not (loop.settings.claude_dir / CREDENTIALS).exists(), "staged, so it would be rolled out"
+        assert receipt(loop.settings, "aws/credentials", "published")["upload_sha256_prefix"] == sha12(aws)
+        largest = padded(claude_credentials(serial=10), 500 * 1024 - 1)
+        loop.upload(CREDENTIALS, largest)
+        loop.watcher.callbacks.ready(CREDENTIALS)
+        assert loop.next_publication()[0] == CREDENTIALS
+        assert (loop.settings.claude_dir / CREDENTIALS).read_bytes() == largest
+        assert receipt(loop.settings, CREDENTIALS, "published")["upload_sha256_prefix"] == sha12(largest)
+
+
+def test_off_a_swarm_manager_only_max_bytes_caps_an_upload(loop: Loop) -> None:
+    data = padded(claude_credentials(serial=11), 500 * 1024)
+    loop.upload(CREDENTIALS, data)
+    loop.watcher.callbacks.ready(CREDENTIALS)
+    assert loop.next_publication()[0] == CREDENTIALS
+    assert (loop.settings.claude_dir / CREDENTIALS).read_bytes() == data

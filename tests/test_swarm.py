@@ -162,6 +162,49 @@ def test_a_new_upload_rolls_every_node_and_the_superseded_secret_goes(
     assert stored == swarm.valid_sha12s, f"secrets stored for {stored}, valid uploads {swarm.valid_sha12s}"
 
 
+# What an older intake (or `credsync sync`) could have staged: SwarmKit would refuse its secret.
+STAGE_TOO_LARGE = """
+import os, sys
+path = "/var/lib/credsync/staged/aws/credentials"
+if sys.argv[1] == "stage":
+    with open(path, "wb") as staged:
+        staged.write(b"[default]\\n" + b"#" * (500 * 1024) + b"\\n")
+    os.chmod(path, 0o600)
+else:
+    os.unlink(path)
+"""
+
+
+def test_a_file_swarmkit_would_refuse_is_rejected_at_the_intake_and_holds_back_no_other_file(
+    swarm: Swarm, sshd: SshServer, tmp_path: Path
+) -> None:
+    """SwarmKit refuses a secret of 500 KiB or more: the intake rejects such an upload, saying
+    so, and stores nothing. One staged before is left out of the roll; the other files roll on."""
+    before = ({node: swarm.held(node) for node in NODES}, swarm.secrets())
+    too_large = claude_credentials(serial=7)
+    upload(sshd, swarm, tmp_path, too_large + b" " * (500 * 1024 - len(too_large)), valid=False)
+
+    def refused() -> list[dict[str, Any]]:
+        return [line for line in logged(intake_log(), "rejected") if "SwarmKit" in str(line.get("reason"))]
+
+    wait_until(lambda: bool(refused()), timeout=30, interval=0.5)
+    assert refused()[0]["route"] == ".credentials.json"
+    assert ({node: swarm.held(node) for node in NODES}, swarm.secrets()) == before
+    intake = containers_of(MANAGER, INTAKE_SERVICE)[0]
+    docker(MANAGER, "exec", intake, "python", "-c", STAGE_TOO_LARGE, "stage")
+    try:
+        data = claude_credentials(serial=8)
+        sha = hashlib.sha256(data).hexdigest()
+        upload(sshd, swarm, tmp_path, data)
+        wait_until(lambda: all(swarm.held(node) == ("1001:1001:600", sha) for node in NODES), timeout=IN_PLACE_BOUND_S)
+        wait_until(lambda: swarm.secrets() == [f"credsync-credentials.json-{sha[:12]}"], timeout=90, interval=1)
+        left_out = [line for line in json_lines(intake_log()) if "not stored as a Swarm secret" in line["message"]]
+        assert [line["target"] for line in left_out] == ["aws__credentials"], "said once, naming the file"
+    finally:
+        docker(MANAGER, "exec", intake, "python", "-c", STAGE_TOO_LARGE, "remove")
+    assert CANARY not in intake_log()
+
+
 def fleet_in_step(report: dict[str, object]) -> int:
     fleet = report.get("fleet")
     assert isinstance(fleet, dict) and "problem" not in fleet, fleet
