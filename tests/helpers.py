@@ -3,17 +3,20 @@ read line by line, and bounded waits."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,8 +35,11 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def claude_credentials(*, expires_in_ms: int = 8 * HOUR_MS, serial: int = 0, **extra_oauth: Any) -> bytes:
-    """A `.credentials.json` as Claude writes it; `serial` makes distinct versions."""
+def claude_credentials(
+    *, expires_in_ms: int = 8 * HOUR_MS, serial: int = 0, top_level: dict[str, Any] | None = None, **extra_oauth: Any
+) -> bytes:
+    """A `.credentials.json` as Claude writes it; `serial` makes distinct versions. `top_level`
+    adds keys beside `claudeAiOauth` (a laptop's `mcpOAuth`), `extra_oauth` inside it."""
     oauth: dict[str, Any] = {
         "accessToken": f"{ACCESS_TOKEN}-{serial}",
         "refreshToken": f"{REFRESH_TOKEN}-{serial}",
@@ -43,11 +49,36 @@ def claude_credentials(*, expires_in_ms: int = 8 * HOUR_MS, serial: int = 0, **e
         "rateLimitTier": "default_claude_max_20x",
     }
     oauth.update(extra_oauth)
-    return json.dumps({"claudeAiOauth": oauth}, indent=2).encode()
+    return json.dumps({"claudeAiOauth": oauth, **(top_level or {})}, indent=2).encode()
+
+
+def mcp_sign_ins(count: int = 1, padding: str = "") -> dict[str, Any]:
+    """`mcpOAuth` as Claude Code writes it after signing in to remote MCP servers: tokens of
+    those servers, data the allow-list keeps. `padding` makes the file as large as wanted."""
+    return {
+        "mcpOAuth": {
+            f"server{n}|{n:016x}": {
+                "serverName": f"server{n}",
+                "serverUrl": f"https://mcp{n}.example.com/mcp",
+                "accessToken": f"mcp-token-{CANARY}-{n}{padding}",
+                "expiresAt": now_ms() + HOUR_MS,
+                "scope": "read",
+            }
+            for n in range(count)
+        }
+    }
 
 
 def aws_credentials() -> bytes:
     return f"[default]\naws_access_key_id = AKIAFAKEKEY000000000\naws_secret_access_key = {AWS_SECRET}\n".encode()
+
+
+# The real consumer (scripts/test-deps installs it) and the user claude-hub's job runs it as.
+CLAUDE_CLI = Path("/opt/credsync-test/claude-code/node_modules/.bin/claude")
+JOB_USER = 1000  # `node` in the job's container
+
+# Configuration routes are off unless turned on; tests that upload them turn on all three.
+CONFIG_ROUTES = "--config-routes=settings.json,.claude.json,aws/config"
 
 
 def sha12(data: bytes) -> str:
@@ -123,8 +154,16 @@ def credsync_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "credsync", *args]
 
 
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(credsync_command(*args), capture_output=True, text=True, timeout=timeout, check=False)
+def run_cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`credsync ARGS`; `env` adds variables (CREDSYNC_* settings) to this process's own."""
+    result = subprocess.run(
+        credsync_command(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=None if env is None else {**os.environ, **env},
+    )
     assert_no_canary(result.stdout + result.stderr, f"the output of credsync {args[0]}")
     return result
 
@@ -232,3 +271,72 @@ def own_settings(root: Path) -> Settings:
             "settle_ms": 0,
         }
     )
+
+
+UPLOADER = 1000  # the operator's SSH user, owner of the upload folder
+CONSUMER = 1001  # the webhook's user, owner of its volume
+
+
+def as_user(uid: int, script: str) -> None:
+    """Run a shell script as `uid` with no capabilities and no supplementary groups."""
+    subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all", "sh", "-euc", script],
+        check=True,
+        timeout=120,
+    )
+
+
+@dataclass
+class Site(Folders):
+    """A host as deployed: the uploader's home with its upload and receipts folders, the
+    consumer's volume, credsync's state, and a folder only root may read that holds a valid
+    credential."""
+
+    home: Path
+    root_only: Path
+
+    @property
+    def receipts(self) -> Path:
+        return self.home / "claude-receipts"
+
+    def upload(self, name: str, data: bytes) -> Path:
+        """Written by the uploader itself, in place, as scp does."""
+        staged = self.home / ".staged"
+        staged.write_bytes(data)
+        os.chown(staged, UPLOADER, UPLOADER)
+        as_user(UPLOADER, f'mkdir -p "$(dirname {self.source / name})"; cat {staged} > "{self.source / name}"')
+        staged.unlink()
+        return self.source / name
+
+    def watch(self, *extra: str) -> WatchProcess:
+        return WatchProcess(self, ["--settle-ms=50", *extra]).ready()
+
+    def receipt(self, route: str) -> dict[str, Any]:
+        """The receipt credsync wrote for the route (awaited: it follows the log line)."""
+        path = self.receipts / (route.replace("/", "__") + ".receipt.json")
+        wait_until(path.exists, timeout=5)
+        receipt: dict[str, Any] = json.loads(path.read_text())
+        return receipt
+
+
+@contextlib.contextmanager
+def deployed_site() -> Iterator[Site]:
+    # Not under pytest's tmp_path: that is root's 0700 folder, which the users could not enter.
+    root = Path(tempfile.mkdtemp(prefix="credsync-site-"))
+    root.chmod(0o755)
+    home = root / "home"
+    claude_dir = root / "volumes" / "claude-config"
+    aws_dir = root / "volumes" / "claude-aws"
+    for folder in (home, home / "claude-uploads", home / "claude-receipts", claude_dir, aws_dir, root / "root-only"):
+        folder.mkdir(parents=True)
+    for folder in (home, home / "claude-uploads", home / "claude-receipts"):
+        os.chown(folder, UPLOADER, UPLOADER)
+    os.chown(claude_dir, CONSUMER, CONSUMER)
+    secret_folder = root / "root-only"
+    secret_folder.chmod(0o700)
+    (secret_folder / ".credentials.json").write_bytes(claude_credentials(serial=666))
+    (secret_folder / ".credentials.json").chmod(0o600)
+    try:
+        yield Site(home / "claude-uploads", claude_dir, root / "state", aws_dir, home, secret_folder)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -10,18 +10,30 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import CANARY, Folders, assert_no_canary, claude_credentials, run_cli
+from credsync.setup_token import TOKEN_LIFETIME_MS
+from tests.helpers import (
+    CANARY,
+    CLAUDE_CLI,
+    JOB_USER,
+    Folders,
+    assert_no_canary,
+    claude_credentials,
+    mcp_sign_ins,
+    now_ms,
+    run_cli,
+)
 
 pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
 
-CLAUDE = Path("/opt/credsync-test/claude-code/node_modules/.bin/claude")
-NODE = 1000  # claude-hub's job runs claude as `node`
+CLAUDE = CLAUDE_CLI
+NODE = JOB_USER  # claude-hub's job runs claude as `node`
 TOKEN = "sk-ant-oat01-fake-" + "k" * 24 + CANARY
 
 
@@ -104,3 +116,41 @@ def test_the_published_file_is_private_to_its_owner(claude: Path, folders: Folde
     shutil.copy2(folders.claude_dir / ".credentials.json", home / ".claude" / ".credentials.json")
     os.chown(home / ".claude" / ".credentials.json", 1001, 1001)  # as published: 1001, 0600
     assert auth_status(claude, home)["loggedIn"] is False
+
+
+def test_a_laptop_login_with_mcp_sign_ins_is_published_and_logs_claude_in(
+    claude: Path, folders: Folders, workspace: Path
+) -> None:
+    """The allow-list keeps what Claude Code 2.1 writes on a laptop: `clientId` and the plan's
+    fields in the login, the tokens of remote MCP servers beside it."""
+    login = claude_credentials(serial=4, clientId="9d1c250a-e61b-44d9-88ed-5944d1962f5e", top_level=mcp_sign_ins(2))
+    folders.upload(".credentials.json", login)
+    assert sync(folders) == 0
+    assert (folders.claude_dir / ".credentials.json").read_bytes() == login
+    assert as_a_job_reads_it(claude, folders.claude_dir, workspace)["loggedIn"] is True
+
+
+def test_a_setup_token_expires_a_year_after_credsync_first_saw_it_whatever_the_files_time(
+    claude: Path, folders: Folders, workspace: Path
+) -> None:
+    """The uploader sets the file's time: dated ten years ahead, it must not push the expiry
+    Claude reads out by ten years; sent again (dated otherwise), the same token is unchanged."""
+    data = (TOKEN + "\n").encode()
+    upload = folders.upload("claude-setup-token", data)
+    ahead = time.time() + 10 * 365 * 86_400
+    os.utime(upload, (ahead, ahead))
+    before = now_ms()
+    first = run_cli("sync", *folders.args())
+    after = now_ms()
+    assert first.returncode == 0 and "published route=claude-setup-token" in first.stderr
+    destination = folders.claude_dir / ".credentials.json"
+    published = destination.read_bytes()
+    expires = json.loads(published)["claudeAiOauth"]["expiresAt"]
+    assert before + TOKEN_LIFETIME_MS <= expires <= after + TOKEN_LIFETIME_MS, "not counted from first sight"
+    for dated in (ahead + 86_400, time.time() - 86_400):  # pushed again, later or dated back
+        folders.upload("claude-setup-token", data)
+        os.utime(upload, (dated, dated))
+        again = run_cli("sync", *folders.args())
+        assert again.returncode == 0 and "unchanged route=claude-setup-token" in again.stderr, again.stderr
+        assert destination.read_bytes() == published
+    assert as_a_job_reads_it(claude, folders.claude_dir, workspace)["loggedIn"] is True

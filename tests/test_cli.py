@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from credsync import __version__
-from tests.helpers import Folders, aws_credentials, claude_credentials, run_cli
+from tests.helpers import CONFIG_ROUTES, Folders, aws_credentials, claude_credentials, run_cli
 
 pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
 
@@ -67,7 +67,7 @@ def test_bad_configuration_exits_2_with_one_line(folders: Folders) -> None:
 def test_json_logs_are_one_object_per_line(folders: Folders) -> None:
     folders.upload(".credentials.json", claude_credentials())
     folders.upload("settings.json", b"{")
-    result = run_cli("sync", *folders.args(), "--log-format=json")
+    result = run_cli("sync", *folders.args(), "--log-format=json", "--config-routes=settings.json")
     records = [json.loads(line) for line in result.stderr.splitlines()]
     decisions = {
         record["route"]: record["message"] for record in records if "route" in record and "problem" not in record
@@ -86,7 +86,7 @@ def test_validate_reports_each_file(tmp_path: Path) -> None:
     described = "access token expires in 7h 59m; scopes user:inference user:profile"
     assert result.stdout.splitlines() == [
         f"{good}: valid claude-oauth ({described})",
-        f"{bad}: invalid json: JSON top level is an array, expected an object",
+        f"{bad}: invalid claude-settings: JSON top level is an array, expected an object",
     ]
     assert run_cli("validate", str(good)).returncode == 0
 
@@ -108,7 +108,7 @@ def test_validate_tells_the_kind_from_the_content_when_the_name_does_not(tmp_pat
 def test_hostile_file_names_are_printed_safely(tmp_path: Path) -> None:
     hostile = tmp_path / "evil\n\x1b[31mred"
     hostile.write_bytes(b"{}")
-    result = run_cli("validate", "--kind=json", str(hostile))
+    result = run_cli("validate", "--kind=claude-settings", str(hostile))
     assert result.returncode == 0
     assert "\x1b" not in result.stdout and len(result.stdout.splitlines()) == 1
     assert "evil\\n\\x1b[31mred" in result.stdout
@@ -121,3 +121,39 @@ def test_validate_refuses_a_symlink_like_the_daemon(tmp_path: Path) -> None:
     link.symlink_to(target)
     result = run_cli("validate", str(link))
     assert result.returncode == 1 and "symlink" in result.stdout
+
+
+def test_configuration_files_are_published_only_when_their_route_is_turned_on(folders: Folders) -> None:
+    """settings.json, .claude.json and aws/config are configuration, not credentials: an upload
+    of one changes nothing until the operator turns its route on, and then it is allow-listed."""
+    uploads = {
+        "settings.json": (b'{"model": "claude-sonnet-4-5"}\n', folders.claude_dir / "settings.json"),
+        ".claude.json": (b'{"theme": "dark", "hasCompletedOnboarding": true}\n', folders.claude_dir / ".claude.json"),
+        "aws/config": (b"[default]\nregion = eu-west-1\n", folders.aws_dir / "config"),
+    }
+    for name, (data, _) in uploads.items():
+        folders.upload(name, data)
+    off = run_cli("sync", *folders.args())
+    assert off.returncode == 0
+    assert not any(destination.exists() for _, destination in uploads.values()), "published with its route off"
+    assert not any(f"route={name}" in off.stderr for name in uploads)
+    on = run_cli("sync", *folders.args(), CONFIG_ROUTES)
+    assert on.returncode == 0, on.stderr
+    for name, (data, destination) in uploads.items():
+        assert f"published route={name}" in on.stderr and f"configuration route {name} is on" in on.stderr
+        assert destination.read_bytes() == data
+    by_variable = run_cli("sync", *folders.args(), env={"CREDSYNC_CONFIG_ROUTES": "settings.json"})
+    assert by_variable.returncode == 0 and "unchanged route=settings.json" in by_variable.stderr
+    assert "route=.claude.json" not in by_variable.stderr
+    unknown = run_cli("sync", *folders.args(), "--config-routes=settings.json,hooks.json")
+    assert unknown.returncode == 2 and "CREDSYNC_CONFIG_ROUTES (--config-routes)" in unknown.stderr
+
+
+def test_the_retired_allow_commands_setting_stops_the_start(folders: Folders) -> None:
+    """Ignoring it would silently refuse what an operator meant to allow; honouring it would
+    silently keep the old, narrower meaning. Either way the start fails, naming the new one."""
+    for value in ("true", "false"):
+        result = run_cli("sync", *folders.args(), env={"CREDSYNC_ALLOW_COMMANDS": value})
+        assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+        assert "CREDSYNC_ALLOW_COMMANDS is gone: use CREDSYNC_TRUST_UPLOADER" in result.stderr
+    assert run_cli("sync", *folders.args(), "--allow-commands=true").returncode == 2

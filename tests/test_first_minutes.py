@@ -174,7 +174,7 @@ def test_a_missing_aws_destination_is_not_blamed_on_the_source(folders: Folders)
 def test_messages_name_the_setting_that_fixes_them(folders: Folders) -> None:
     folders.upload(".credentials.json", b"{" + b" " * 2_000_000 + b"}")
     folders.upload("aws/config", b"[default]\nregion = eu-west-1")
-    said = run_cli("sync", *folders.args()).stderr
+    said = run_cli("sync", *folders.args(), "--config-routes=aws/config").stderr
     assert "over the limit of 1048576 (CREDSYNC_MAX_BYTES)" in said
     assert "if it is whole, add a final newline" in said
     now = int(time.time() * 1000)

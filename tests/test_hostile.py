@@ -32,11 +32,13 @@ from tests.helpers import (
     ACCESS_TOKEN,
     AWS_SECRET,
     CANARY,
+    CONFIG_ROUTES,
     Folders,
     WatchProcess,
     assert_no_canary,
     assert_published,
     claude_credentials,
+    mcp_sign_ins,
     run_cli,
     sha12,
     wait_until,
@@ -63,7 +65,8 @@ def good_upload(route: str, serial: int) -> bytes:
         ).encode()
     if route == "aws/config":
         return f"[default]\nregion = eu-west-{serial}\n".encode()
-    return json.dumps({"serial": serial, "env": {"ANTHROPIC_API_KEY": f"key-{CANARY}"}}).encode()
+    # settings.json, allow-listed; the canary stands for anything the uploader would not show.
+    return json.dumps({"cleanupPeriodDays": serial, "env": {"ANTHROPIC_MODEL": f"claude-{CANARY}"}}).encode()
 
 
 def sha(data: bytes) -> str:
@@ -301,7 +304,7 @@ class Daemon(WatchProcess):
 @pytest.fixture
 def daemon(folders: Folders) -> Iterator[Daemon]:
     port = free_port()
-    process = Daemon(folders, ["--settle-ms=50", f"--http=127.0.0.1:{port}"])
+    process = Daemon(folders, ["--settle-ms=50", f"--http=127.0.0.1:{port}", CONFIG_ROUTES])
     process.base_url = f"http://127.0.0.1:{port}"
     process.ready()
     try:
@@ -356,7 +359,7 @@ def test_a_hostile_upload_is_rejected_with_its_reason_and_publishes_nothing(
     assert daemon.process.poll() is None
     assert rejections(daemon.metrics(), route, trap.code) == 1
     if not trap.rescan:  # `credsync validate` says what the daemon said (a symlinked folder: see below)
-        kind = {"aws/credentials": "aws-credentials", "aws/config": "aws-config"}.get(route, "json")
+        kind = {"aws/credentials": "aws-credentials", "aws/config": "aws-config"}.get(route, "claude-settings")
         checked = run_cli("validate", f"--kind={'claude-oauth' if route == CREDENTIALS else kind}", str(upload))
         assert checked.returncode == 1 and trap.reason in checked.stdout, checked.stdout
     status = run_cli("status", *folders.args())  # and `status` copes with it (its output is canary-checked)
@@ -461,7 +464,7 @@ def replace_while_reading(folders: Folders) -> None:
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
             serial += 1
-            last = claude_credentials(serial=serial, padding=f"{serial}{pad}")
+            last = claude_credentials(serial=serial, top_level=mcp_sign_ins(padding=f"{serial}{pad}"))
             known.add(sha12(last))
             if serial % 2:
                 temp = folders.source / f"..credentials.json.Tmp{serial % 1000:03d}"

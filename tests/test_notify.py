@@ -294,18 +294,26 @@ def test_http_mode_posts_changed_routes_with_hash_prefixes(
     consumer = consumers()
     port = http_receiver.server_address[1]
     url = f"http://127.0.0.1:{port}/credsync?token=not-for-logs"
-    process = watching(folders, "--notify=http", f"--notify-url={url}", f"--notify-target={consumer.name}")
+    process = watching(
+        folders,
+        "--notify=http",
+        f"--notify-url={url}",
+        f"--notify-target={consumer.name}",
+        "--config-routes=settings.json",  # a second route, turned on, with an allow-listed file
+    )
+    data, preferences = claude_credentials(), b'{"model": "claude-sonnet-4-5"}'
     try:
-        data = claude_credentials()
         folders.upload(".credentials.json", data)
-        folders.upload("settings.json", b"{}")
+        folders.upload("settings.json", preferences)
         line = process.wait_for("notified")
+        # One batch or two, depending on when the debounce window closed: wait for both.
+        wait_until(lambda: b'"settings.json"' in b"".join(Recorder.bodies), timeout=10)
     finally:
         process.stop()
     assert "token" not in line["url"]
-    body = json.loads(Recorder.bodies[-1])
-    routes = {entry["route"]: entry["sha256_prefix"] for entry in body["routes"]}
-    assert routes[".credentials.json"] == sha12(data)
+    bodies = [json.loads(body) for body in Recorder.bodies]
+    routes = {entry["route"]: entry["sha256_prefix"] for body in bodies for entry in body["routes"]}
+    assert routes == {".credentials.json": sha12(data), "settings.json": sha12(preferences)}
     assert_no_canary(b"".join(Recorder.bodies).decode(), "the HTTP notification body")
-    assert CANARY not in json.dumps(body)
+    assert CANARY not in json.dumps(bodies)
     assert consumer.signals() == []  # http mode sends no signal

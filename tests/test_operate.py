@@ -13,6 +13,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from credsync.exposure import TRUSTED
 from tests.docker_env import ConsumerFactory
 from tests.helpers import CANARY, Folders, WatchProcess, claude_credentials, run_cli, wait_until
 
@@ -95,21 +96,27 @@ def test_doctor_without_a_notify_target_or_a_socket_skips_the_consumer_checks(fo
     assert "✓ publishing only: no notify target and no usable Docker socket, so no consumer checks" in lines
 
 
-def status_json(folders: Folders) -> dict[str, object]:
-    result = run_cli("status", "--json", *folders.args())
+def status_json(folders: Folders, *args: str) -> dict[str, object]:
+    result = run_cli("status", "--json", *folders.args(), *args)
     assert result.returncode == 0
     report: dict[str, object] = json.loads(result.stdout)
     return report
 
 
-def test_status_after_real_uploads(folders: Folders, watch: WatchProcess) -> None:
-    data = claude_credentials(refreshTokenExpiresAt=2_000_000_000_000)
-    folders.upload(".credentials.json", data)
-    line = watch.wait_for("published", route=".credentials.json")
-    folders.upload("settings.json", b"[1]")
-    watch.wait_for("rejected", route="settings.json")
-    report = status_json(folders)
+def test_status_after_real_uploads(folders: Folders) -> None:
+    config = "--config-routes=settings.json"
+    watch = WatchProcess(folders, ["--settle-ms=50", config]).ready()
+    try:
+        data = claude_credentials(refreshTokenExpiresAt=2_000_000_000_000)
+        folders.upload(".credentials.json", data)
+        line = watch.wait_for("published", route=".credentials.json")
+        folders.upload("settings.json", b"[1]")
+        watch.wait_for("rejected", route="settings.json")
+    finally:
+        watch.stop()
+    report = status_json(folders, config)
     assert CANARY not in json.dumps(report)
+    assert report["exposure"] == ["configuration route settings.json is on (claude-settings, allow-listed)"]
     routes = {item["route"]: item for item in report["routes"]}  # type: ignore[attr-defined]
     oauth = routes[".credentials.json"]
     assert oauth["published"]["sha256_prefix"] == line["sha"] == oauth["held"]["sha256_prefix"]
@@ -121,9 +128,10 @@ def test_status_after_real_uploads(folders: Folders, watch: WatchProcess) -> Non
     assert expiring.startswith("the access token expires in 7h") and "claude setup-token" in expiring
     assert oauth["held"]["access_expires_ms"] == json.loads(data)["claudeAiOauth"]["expiresAt"]
     assert oauth["held"]["refresh_expires_ms"] == 2_000_000_000_000
-    assert routes["settings.json"]["upload"]["problem"] is None or routes["settings.json"]["published"] is None
-    text = run_cli("status", *folders.args()).stdout
+    assert routes["settings.json"]["published"] is None, "a rejected upload is never published"
+    text = run_cli("status", *folders.args(), config).stdout
     assert "published    " in text and f"sha {line['sha']}" in text and "1001:1001 0600 ✓" in text
+    assert text.startswith("! configuration route settings.json is on")
 
 
 def free_port() -> int:
@@ -148,14 +156,16 @@ def test_healthz_and_metrics_follow_real_uploads(folders: Folders) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     folders.source.rmdir()  # not watching yet: unhealthy
-    process = WatchProcess(folders, ["--settle-ms=0", f"--http=127.0.0.1:{port}"]).ready()
+    process = WatchProcess(
+        folders, ["--settle-ms=0", f"--http=127.0.0.1:{port}", "--config-routes=settings.json"]
+    ).ready()
     try:
         assert get(f"{base}/healthz")[0] == 503
         folders.source.mkdir()
         wait_until(lambda: get(f"{base}/healthz")[0] == 200, timeout=15)
         folders.upload(".credentials.json", claude_credentials(serial=1))
         process.wait_for("published")
-        folders.upload("settings.json", b"{")
+        folders.upload("settings.json", b"{")  # its route is turned on below: rejected as not JSON
         process.wait_for("rejected")
         text = get(f"{base}/metrics")[1]
         assert metric(text, 'credsync_publications_total{outcome="published",route=".credentials.json"}') == 1
@@ -195,3 +205,29 @@ def test_a_consumer_blanking_its_refresh_token_is_reported_not_overwritten(
     text = run_cli("status", *folders.args()).stdout
     assert "consumer     rewrote it" in text and "✗ the refresh token is blank" in text
     assert destination.read_bytes() == blanked
+
+
+def test_trusting_the_uploader_is_said_at_start_in_status_and_in_doctor(folders: Folders) -> None:
+    """CREDSYNC_TRUST_UPLOADER lifts every allow-list: an operator who set it once and forgot
+    must keep hearing about it, from every command that reads the settings."""
+    plain = [f"--source={folders.source}", f"--claude-dir={folders.claude_dir}", f"--state-dir={folders.state_dir}"]
+    code, lines = doctor(folders, f"--claude-dir={folders.claude_dir}", "--docker-host=unix:///nonexistent/docker.sock")
+    assert code == 0 and "✓ only credentials are published, each judged by its allow-list" in lines
+    assert status_json(folders)["exposure"] == []
+    trusting = {"CREDSYNC_TRUST_UPLOADER": "true", "CREDSYNC_CONFIG_ROUTES": "settings.json"}
+    notes = [TRUSTED, "configuration route settings.json is on (claude-settings, not allow-listed)"]
+    process = WatchProcess(folders, ["--settle-ms=50"], env=trusting).ready()
+    try:
+        said = [(line["level"], line["message"]) for line in process.lines if line["message"] in notes]
+        assert said == [("WARNING", note) for note in notes], "said once each, as warnings, at start"
+        folders.upload("settings.json", b'{"apiKeyHelper": "true"}')  # what trusting lets through
+        process.wait_for("published", route="settings.json")
+    finally:
+        process.stop()
+    report = json.loads(run_cli("status", "--json", *plain, env=trusting).stdout)
+    assert report["exposure"] == notes
+    text = run_cli("status", *plain, env=trusting).stdout.splitlines()
+    assert text[:2] == [f"! {note}" for note in notes]
+    checked = run_cli("doctor", *plain, "--docker-host=unix:///nonexistent/docker.sock", env=trusting)
+    assert checked.returncode == 0, checked.stdout
+    assert all(f"✓ {note}" in checked.stdout.splitlines() for note in notes)

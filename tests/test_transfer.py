@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from credsync.daemon import WRITE_BACKSTOP_S
-from tests.helpers import Folders, WatchProcess, assert_published, aws_credentials, claude_credentials, sha12
+from tests.helpers import (
+    Folders,
+    WatchProcess,
+    assert_published,
+    aws_credentials,
+    claude_credentials,
+    mcp_sign_ins,
+    sha12,
+)
 from tests.sshd import SshServer
 
 pytestmark = [pytest.mark.system, pytest.mark.transfer, pytest.mark.timeout(120)]
@@ -170,7 +178,7 @@ def test_a_truncated_scp_upload_is_rejected_and_the_good_version_stays(
 def padded_credentials(serial: int) -> bytes:
     """A valid `.credentials.json` of about 300 KB: past SFTP-mode scp's unthrottled first
     256 KiB or so, and cut anywhere it is invalid JSON."""
-    return claude_credentials(serial=serial, padding="x" * UPLOAD_PADDING)
+    return claude_credentials(serial=serial, top_level=mcp_sign_ins(padding="x" * UPLOAD_PADDING))
 
 
 def published_hashes(watch: WatchProcess, route: str) -> list[str]:
