@@ -365,9 +365,10 @@ class CredsyncLane(Lane):
 
 
 class SidecarLane(CredsyncLane):
-    """credsync in its image, run as the compose file runs the sidecar (bench/sidecar.py): its
-    capabilities, read-only root, mounts, and the notify layer's Docker socket and the consumer's
-    PID namespace (so it signals through a pidfd). Its log comes through `docker run`'s stderr."""
+    """credsync in its image, run as the default compose file runs the sidecar (bench/sidecar.py):
+    its capabilities, read-only root, mounts, and the consumer's PID namespace, where it signals
+    the consumer's PID 1 through a pidfd with no Docker socket (CREDSYNC_NOTIFY_TARGET=pid:1 as
+    the file sets it). Its log comes through `docker run`'s stderr."""
 
     def __init__(self, here: Stage, flags: Sequence[str], image: str) -> None:
         super().__init__(SIDECAR, here, flags)
@@ -377,7 +378,7 @@ class SidecarLane(CredsyncLane):
         mounts = {"/uploads": self.source, "/claude-config": self.dest, "/var/lib/credsync": self.state}
         mounts |= {"/receipts": self.folder / "receipts", "/claude-aws": self.folder / "claude-aws"}
         options = sidecar.run_options(mounts, self.here.consumer.name)
-        flags = ["--log-format=json", f"--notify-target={self.here.consumer.name}", *self.flags]
+        flags = ["--log-format=json", *self.flags]
         command = ["docker", "run", "--rm", f"--name={self.name}", "--network=none", *options, self.image, "watch"]
         return Command([*command, *flags])
 

@@ -1,7 +1,8 @@
-"""The sidecar as the compose file runs it: its image built from this tree, and the `docker run`
-options of the credsync service read from docker-compose.dokploy.yml plus the notify layer
-(capabilities, read-only root, tmpfs, environment, mounts), each mount pointed at a lane's
-folder. A compose key this does not translate fails the run: the lane must not drift from it."""
+"""The sidecar as the default compose file runs it: its image built from this tree, and the
+`docker run` options of the credsync service read from docker-compose.dokploy.yml
+(capabilities, the webhook's PID namespace, read-only root, tmpfs, environment, mounts; no
+Docker socket), each mount pointed at a lane's folder. A compose key this does not translate
+fails the run: the lane must not drift from it."""
 
 from __future__ import annotations
 
@@ -19,8 +20,7 @@ from tests.docker_env import REPO
 from tests.image_build import BASE_IMAGE
 
 IMAGE = "credsync:bench"
-COMPOSE_FILES = ("docker-compose.dokploy.yml", "docker-compose.notify.yml")
-SOCKET = "/var/run/docker.sock"
+COMPOSE_FILES = ("docker-compose.dokploy.yml",)  # the default deployment: signals with no socket
 # Keys that shape how compose builds, starts or connects it, not how it runs: the lane runs with
 # network none (the socket is a file) and is started by the bench.
 NOT_TRANSLATED = frozenset({"build", "image", "restart", "depends_on", "networks"})
@@ -44,7 +44,7 @@ def build_image() -> str:
 
 
 def compose_service() -> dict[str, Any]:
-    """The credsync service with the notify layer merged over it, as compose merges them."""
+    """The credsync service, with any later file merged over it as compose merges them."""
     merged: dict[str, Any] = {}
     for name in COMPOSE_FILES:
         for key, value in yaml.safe_load((REPO / name).read_text())["services"]["credsync"].items():
@@ -63,8 +63,8 @@ def defaulted(text: str) -> str:
 
 
 def run_options(mounts: Mapping[str, Path], webhook: str) -> list[str]:
-    """`docker run` options for the service; `mounts` maps each container path to a host folder
-    (the socket is mounted as itself), and the container `webhook` stands for that service."""
+    """`docker run` options for the service; `mounts` maps each container path to a host folder,
+    and the container `webhook` stands for that service."""
     options: list[str] = []
     for key, value in compose_service().items():
         if key in LISTS:
@@ -84,8 +84,6 @@ def run_options(mounts: Mapping[str, Path], webhook: str) -> list[str]:
 
 def volume_option(entry: str, mounts: Mapping[str, Path]) -> str:
     _, target, *mode = defaulted(entry).split(":")
-    if target == SOCKET:
-        return f"--volume={SOCKET}:{SOCKET}"
     if target not in mounts:
         raise BenchError(f"the compose file mounts {target} in the sidecar; the sidecar lane has no folder for it")
     return f"--volume={mounts[target]}:{target}" + (f":{mode[0]}" if mode else "")

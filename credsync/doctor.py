@@ -123,8 +123,13 @@ def check_docker(settings: Settings) -> list[Check]:
         # Publishing only, and rightly without the socket (claude-hub needs no reload).
         return [Check(True, "publishing only: no notify target and no usable Docker socket, so no consumer checks")]
     from credsync.notify.doctor_checks import docker_checks  # the Docker SDK only when needed
+    from credsync.notify.own_namespace import own_namespace_check
+    from credsync.notify.targets import parse_target
 
     try:
+        target = parse_target(settings.notify_target) if settings.notify_target and settings.notifies else None
+        if target is not None and target.pid is not None:  # a process of our own PID namespace: no Engine
+            return [own_namespace_check(target.pid, settings.notify_signal, auto=settings.notify == "auto")]
         return docker_checks(settings)
     except CredsyncError as error:
         return [Check(False, "notification settings are usable", error.reason)]

@@ -33,6 +33,7 @@ def check_health(state_dir: str) -> str:
         pid, ready, watching = int(record["pid"]), record["ready"] == "1", record["watching"] == "1"
         failing = int(record.get("failing", "0"))  # absent in a record an older credsync wrote
         heartbeat_s, interval_s = int(record["heartbeat_ms"]) / 1000, float(record["interval_s"])
+        came_back_ms = int(record["came_back_ms"]) if "came_back_ms" in record else None
     except FileNotFoundError:
         raise Unhealthy(
             f"no {path}: credsync watch is not running or not ready yet (or it uses another --state-dir)"
@@ -54,13 +55,27 @@ def check_health(state_dir: str) -> str:
         raise Unhealthy(f"no heartbeat for {age_s:.0f}s: the daemon is stuck")
     if failing:
         raise Unhealthy(f"{failing} upload(s) could not be published; the log says why, and credsync retries")
-    return f"healthy: pid {pid}, watching, heartbeat {age_s:.0f}s ago"
+    summary = f"healthy: pid {pid}, watching, heartbeat {age_s:.0f}s ago"
+    if came_back_ms is not None:
+        since_s = time.time() - came_back_ms / 1000
+        summary += f"; came back {since_s:.0f}s ago after an unclean stop"
+    return summary
 
 
-def format_record(pid: int, *, ready: bool, watching: bool, failing: int, heartbeat_ms: int, interval_s: float) -> str:
+def format_record(
+    pid: int,
+    *,
+    ready: bool,
+    watching: bool,
+    failing: int,
+    heartbeat_ms: int,
+    interval_s: float,
+    came_back_ms: int | None = None,
+) -> str:
+    came_back = "" if came_back_ms is None else f" came_back_ms={came_back_ms}"
     return (
         f"pid={pid} ready={int(ready)} watching={int(watching)} failing={failing}"
-        f" heartbeat_ms={heartbeat_ms} interval_s={interval_s}\n"
+        f" heartbeat_ms={heartbeat_ms} interval_s={interval_s}{came_back}\n"
     )
 
 

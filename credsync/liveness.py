@@ -9,6 +9,7 @@ import socket
 import time
 from pathlib import Path
 
+from loguru import logger
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -61,8 +62,13 @@ class Liveness:
         # A predecessor killed outright (a power loss) left its record, and in a container its
         # pid (1) is alive again: it would read as healthy before this daemon's first reconcile.
         # Called only while holding the state lock, so never another daemon's record.
+        self.came_back_ms: int | None = None
         with contextlib.suppress(FileNotFoundError):
             self.health_path.unlink()
+            # A record left behind means the predecessor never stopped cleanly: killed, or (a
+            # sidecar in the webhook's PID namespace) ended with it when the webhook restarted.
+            self.came_back_ms = time.time_ns() // 1_000_000
+            logger.info("came back after an unclean stop; what was published stays, and is not published again")
 
     def ready(self, *, watching: bool, failing: int) -> None:
         """`failing`: uploads whose publish failed and waits for its retry."""
@@ -86,6 +92,7 @@ class Liveness:
             failing=failing,
             heartbeat_ms=time.time_ns() // 1_000_000,
             interval_s=self.interval_s,
+            came_back_ms=self.came_back_ms,
         )
         with contextlib.suppress(PublishError):  # a full state disk is reported by publishing; health goes stale
             keep_private_copy(self.health_path, record.encode())

@@ -169,7 +169,9 @@ class Settings(BaseSettings):
     routes: AbsolutePath | None = Field(None, description="TOML file that adds or replaces routes")
     notify: NotifyMode = Field("auto", description="how to tell the consumer: auto, signal, exec, http or none")
     notify_target: str | None = Field(
-        None, description="consumer container: name or ID, service:NAME (own compose project) or PROJECT/SERVICE"
+        None,
+        description="consumer: pid:N (a process of credsync's own PID namespace, no Docker socket), a container"
+        " name or ID, service:NAME (own compose project) or PROJECT/SERVICE",
     )
     notify_signal: SignalName = Field("SIGHUP", description=f"signal to send ({', '.join(ALLOWED_SIGNALS)})")
     notify_exec: str | None = Field(None, description="command run inside the target (exec mode)")
@@ -219,6 +221,14 @@ class Settings(BaseSettings):
         for name in needs.get(self.notify, []):
             if getattr(self, name) is None:
                 raise ValueError(f"CREDSYNC_NOTIFY={self.notify} needs CREDSYNC_{name.upper()}")
+        return self
+
+    @model_validator(mode="after")
+    def _own_namespace_targets_take_signals(self) -> Settings:
+        if self.notify in ("exec", "http") and (self.notify_target or "").strip().startswith("pid:"):
+            raise ValueError(
+                f"CREDSYNC_NOTIFY={self.notify} needs a container target (the Engine runs it); pid:N takes signals"
+            )
         return self
 
     @model_validator(mode="after")

@@ -13,6 +13,7 @@ from credsync.credential_health import claude_health
 from credsync.errors import CredsyncError, PublishError, Rejection, SourceUnavailable, UploadMissing
 from credsync.exposure import exposure_notes
 from credsync.hashes import short_hash
+from credsync.health_probe import Unhealthy, check_health
 from credsync.intake import SourceFolder
 from credsync.ledger import Ledger
 from credsync.notify_record import read_notification
@@ -87,6 +88,7 @@ class StatusReport(TypedDict, total=False):
 
     routes: Required[list[RouteState]]
     exposure: Required[list[str]]  # what widens what an upload can do (credsync.exposure)
+    daemon: Required[str]  # `credsync health`'s line: healthy (and whether it came back) or why not
     notification: Required[NotificationState | None]
     fleet: FleetState  # on a Swarm manager (CREDSYNC_SWARM_SERVICE): each node's delivery task
 
@@ -99,6 +101,7 @@ def gather(settings: Settings, routes: RouteTable) -> StatusReport:
     report: StatusReport = {
         "routes": [route_status(settings, source, route, ledger, now) for route in routes],
         "exposure": exposure_notes(settings, routes),
+        "daemon": daemon_health(settings),
         "notification": None
         if notification is None
         else {"at_ms": notification.at_ms, "result": notification.result, "routes": notification.routes},
@@ -106,6 +109,13 @@ def gather(settings: Settings, routes: RouteTable) -> StatusReport:
     if settings.swarm_service is not None:
         report["fleet"] = fleet_status(settings, settings.swarm_service)
     return report
+
+
+def daemon_health(settings: Settings) -> str:
+    try:
+        return check_health(str(settings.state_dir))
+    except Unhealthy as reason:
+        return f"unhealthy: {reason}"
 
 
 def fleet_status(settings: Settings, service: str) -> FleetState:
@@ -199,6 +209,7 @@ def render_json(report: StatusReport) -> str:
 def render_text(report: StatusReport) -> str:
     now = now_ms()
     lines = [f"! {note}" for note in report["exposure"]]
+    lines.append(f"daemon         {report['daemon']}")
     for item in report["routes"]:
         lines.append(f"{item['route']} → {item['destination']} ({item['kind']})")
         lines.append(f"  upload       {describe_upload(item['upload'])}")

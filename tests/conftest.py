@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.helpers import Folders, WatchProcess, make_folders
+from tests.helpers import CLAUDE_CLI, Folders, WatchProcess, make_folders
 
 # Property tests explore 100 examples each in the fast tier, 300 in the whole suite
 # (scripts/test sets HYPOTHESIS_PROFILE=thorough).
@@ -27,6 +27,14 @@ def running_as_root(request: pytest.FixtureRequest) -> None:
     rest (pure logic, and the daemon in-process on tmp_path) run as anyone: `pytest -m "not system"`."""
     if request.node.get_closest_marker("system") is not None:
         assert os.geteuid() == 0, "system tests run as root (real chown to UID 1001): use the README's test command"
+
+
+@pytest.fixture(scope="session")
+def claude() -> Path:
+    """The real consumer, Claude Code's CLI from npm (scripts/test-deps installs it)."""
+    if not CLAUDE_CLI.exists():  # never skipped: without the real consumer this proves nothing
+        pytest.fail(f"{CLAUDE_CLI} is missing: run 'bash scripts/test-deps'")
+    return CLAUDE_CLI
 
 
 @pytest.fixture

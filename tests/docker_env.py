@@ -24,6 +24,7 @@ BUSYBOX_APPLETS = (
     *("httpd", "wget", "mkdir", "sha256sum", "env"),
 )
 WEBHOOK_IMAGE = "credsync-test/webhook:latest"
+NO_HANDLER_WEBHOOK_IMAGE = "credsync-test/webhook-no-handler:latest"
 TRAP_HUP = 'trap "echo HUP >> /sig/signals" HUP; while :; do sleep 1 & wait $!; done'
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,23 +72,32 @@ def busybox_image(docker_client: docker.DockerClient) -> str:
     return BUSYBOX_IMAGE
 
 
-@pytest.fixture(scope="session")
-def webhook_image(docker_client: docker.DockerClient) -> str:
+def import_webhook(docker_client: docker.DockerClient, image: str, main_loop: str) -> str:
     """A stand-in for claude-hub's webhook: like the real one it refuses to start without
-    BOT_USERNAME and answers /health on $PORT (its healthcheck runs `curl -f`); PID 1 traps HUP
-    and records it in /tmp/signals."""
-    repository, tag = WEBHOOK_IMAGE.split(":")
+    BOT_USERNAME and answers /health on $PORT (its healthcheck runs `curl -f`); then PID 1 runs
+    `main_loop`."""
+    repository, tag = image.split(":")
     start = (
         '[ -n "$BOT_USERNAME" ] || { echo "BOT_USERNAME is required" >&2; exit 1; }\n'
-        "mkdir -p /tmp/www && echo ok > /tmp/www/health && httpd -p ${PORT:-3002} -h /tmp/www\n"
-        + TRAP_HUP.replace("/sig/signals", "/tmp/signals")
-        + "\n"
+        "mkdir -p /tmp/www && echo ok > /tmp/www/health && httpd -p ${PORT:-3002} -h /tmp/www\n" + main_loop + "\n"
     )
     curl = '#!/bin/sh\n# curl -f URL, as the healthcheck calls it\nexec wget -q -O /dev/null "$2"\n'
     rootfs = busybox_rootfs({"bin/curl": curl, "bin/start-webhook": "#!/bin/sh\n" + start})
     command = json.dumps(["/bin/start-webhook"])
     docker_client.api.import_image_from_data(rootfs, repository=repository, tag=tag, changes=[f"CMD {command}"])
-    return WEBHOOK_IMAGE
+    return image
+
+
+@pytest.fixture(scope="session")
+def webhook_image(docker_client: docker.DockerClient) -> str:
+    """The stand-in whose PID 1 traps HUP and records it in /tmp/signals."""
+    return import_webhook(docker_client, WEBHOOK_IMAGE, TRAP_HUP.replace("/sig/signals", "/tmp/signals"))
+
+
+@pytest.fixture(scope="session")
+def webhook_without_handler_image(docker_client: docker.DockerClient) -> str:
+    """The stand-in whose PID 1 has no HUP handler, as claude-hub's (`runuser`) has none."""
+    return import_webhook(docker_client, NO_HANDLER_WEBHOOK_IMAGE, "while :; do sleep 1 & wait $!; done")
 
 
 @dataclass

@@ -92,7 +92,8 @@ def lab(*args: str, timeout: float = 300) -> None:
 @contextlib.contextmanager
 def deployed(image: str, uploads: Path, stack_dir: Path, workdir: Path) -> Iterator[None]:
     """The lab up with `image` and the tests' busybox on every node, the consumer stack `hub` and
-    credsync's stack (`stack_dir`'s docker-stack.credsync.yml) watching `uploads`; down after."""
+    credsync's stack (`stack_dir`'s docker-stack.credsync.yml, with the notify layer: the
+    consumer's tasks catch HUP) watching `uploads`; down after."""
     lab("up")
     try:
         lab("load", image, BUSYBOX_IMAGE, timeout=600)
@@ -106,10 +107,11 @@ def deployed(image: str, uploads: Path, stack_dir: Path, workdir: Path) -> Itera
             "CREDSYNC_UPLOADS": str(uploads),
             "CREDSYNC_NOTIFY_TARGET": "hub/webhook",
             "CREDSYNC_DOCKER_SOCKET": "/run/credsync-swarm/{{.Node.Hostname}}.sock",
+            "CREDSYNC_DELIVER_SOCKET": "/run/credsync-swarm/{{.Node.Hostname}}.sock",
         }
         deploy = ["docker", "stack", "deploy", "--prune", "--resolve-image", "never"]
         subprocess.run(
-            [*deploy, "-c", "docker-stack.credsync.yml", STACK],
+            [*deploy, "-c", "docker-stack.credsync.yml", "-c", "docker-stack.notify.yml", STACK],
             cwd=stack_dir,
             env=environment,
             check=True,

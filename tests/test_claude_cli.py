@@ -20,7 +20,6 @@ import pytest
 from credsync.setup_token import TOKEN_LIFETIME_MS
 from tests.helpers import (
     CANARY,
-    CLAUDE_CLI,
     JOB_USER,
     Folders,
     assert_no_canary,
@@ -32,16 +31,8 @@ from tests.helpers import (
 
 pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
 
-CLAUDE = CLAUDE_CLI
 NODE = JOB_USER  # claude-hub's job runs claude as `node`
 TOKEN = "sk-ant-oat01-fake-" + "k" * 24 + CANARY
-
-
-@pytest.fixture(scope="session")
-def claude() -> Path:
-    if not CLAUDE.exists():  # never skipped: without the real consumer this proves nothing
-        pytest.fail(f"{CLAUDE} is missing: run 'bash scripts/test-deps'")
-    return CLAUDE
 
 
 @pytest.fixture

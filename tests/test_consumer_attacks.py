@@ -530,13 +530,6 @@ def reached_where_the_attack_acts(evidence: Evidence, attack: Attack) -> bool:
 # --------------------------------------------------------------------------- the test
 
 
-@pytest.fixture(scope="module")
-def claude() -> Path:
-    if not CLAUDE_CLI.exists():  # never skipped: without the real consumer this proves nothing
-        pytest.fail(f"{CLAUDE_CLI} is missing: run 'bash scripts/test-deps'")
-    return CLAUDE_CLI
-
-
 @pytest.fixture
 def site() -> Iterator[Site]:
     with deployed_site() as made:

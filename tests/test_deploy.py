@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import docker
 import pytest
@@ -32,7 +32,7 @@ from tests.sshd import SshServer
 pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
 
 SIDECAR_IMAGE = "credsync:dokploy-test"
-CAP_CHOWN, CAP_DAC_OVERRIDE = 0, 1
+CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_KILL = 0, 1, 5
 COMPOSE_FILE = "docker-compose.dokploy.yml"
 NOTIFY_LAYER = "docker-compose.notify.yml"
 DOCKER_SOCKET = "/var/run/docker.sock"
@@ -132,18 +132,19 @@ class DokployApp:
     files: list[str]
 
     def compose(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Docker Compose v2 (the CLI plugin), run as Dokploy runs it: with only PATH and NODE_ENV
+        in its environment, everything else from the app's `.env`."""
         files = [part for name in self.files for part in ("-f", name)]
-        environment = {key: value for key, value in os.environ.items() if not key.startswith("COMPOSE_")}
         result = subprocess.run(
-            ["docker-compose", "-p", self.name, *files, *args],
+            ["docker", "compose", "-p", self.name, *files, *args],
             cwd=self.code,
-            env=environment,
+            env={"PATH": os.environ["PATH"], "NODE_ENV": "production"},
             capture_output=True,
             text=True,
             timeout=600,
             check=False,
         )
-        assert result.returncode == 0, f"docker-compose {args[0]} failed: {result.stderr[-2000:]}"
+        assert result.returncode == 0, f"docker compose {args[0]} failed: {result.stderr[-2000:]}"
         return result
 
     def container(self, service: str) -> Container:
@@ -186,7 +187,8 @@ def internal_networks(docker_client: docker.DockerClient) -> Iterator[Callable[[
             network.remove()
 
 
-DeployFactory = Callable[[Transformation, list[str]], DokployApp]
+class DeployFactory(Protocol):
+    def __call__(self, transform: Transformation, layers: list[str], **tab: str) -> DokployApp: ...
 
 
 @pytest.fixture
@@ -200,7 +202,8 @@ def deploy(
 ) -> Iterator[DeployFactory]:
     apps: list[DokployApp] = []
 
-    def up(transform: Transformation, layers: list[str]) -> DokployApp:
+    def up(transform: Transformation, layers: list[str], **tab: str) -> DokployApp:
+        """`tab`: lines of Dokploy's Environment tab over the defaults below."""
         name = app_name()
         code = clean_clone(tmp_path / name / "code")
         uploads = Path(sshd.user.home) / name / "claude-uploads"
@@ -213,7 +216,8 @@ def deploy(
         for network, settings in compose["networks"].items():
             if settings.get("external"):
                 internal_networks(settings.get("name", network))
-        environment = {
+        environment = {  # as current Dokploy writes the app's .env
+            "APP_NAME": name,
             "COMPOSE_PROJECT_NAME": name,
             "UPLOADS_DIR": str(uploads),
             "RECEIPTS_DIR": str(uploads.parent / "claude-receipts"),
@@ -224,6 +228,8 @@ def deploy(
             "CREDSYNC_BASE_IMAGE": offline_build.base_image,
             "CREDSYNC_WHEELS_URL": offline_build.wheels_url,
             "CREDSYNC_BUILD_NETWORK": "host",
+            **tab,
+            "DOCKER_CONFIG": "/root/.docker",
         }
         (code / ".env").write_text("".join(f"{key}={value}\n" for key, value in environment.items()))
         app = DokployApp(name, code, uploads, docker_client, [COMPOSE_FILE, *layers])
@@ -244,7 +250,12 @@ def upload(app: DokployApp, sshd: SshServer, local: Path, data: bytes, *, legacy
 
 
 def sidecar_ready(app: DokployApp) -> None:
-    wait_until(lambda: " ready " in app.sidecar_log(), timeout=60)
+    try:
+        wait_until(lambda: " ready " in app.sidecar_log(), timeout=60)
+    except AssertionError:
+        raise AssertionError(
+            f"the sidecar is not ready within 60 s; its log ends: {app.sidecar_log()[-1500:]}"
+        ) from None
     healthcheck = app.container("credsync").attrs["Config"]["Healthcheck"]["Test"]
     assert healthcheck[0] == "CMD" and app.exec("credsync", *healthcheck[1:]).startswith("healthy")
     assert app.exec("credsync", "credsync", "health").startswith("healthy")
@@ -276,22 +287,21 @@ def test_the_dokploy_compose_publishes_an_scp_upload_that_a_claude_hub_job_reads
     sidecar_ready(app)
     sidecar, webhook = app.container("credsync"), app.container("webhook")
 
-    # Least privilege, as the file promises: no Docker socket, two capabilities, no way out.
+    # Least privilege, as the file promises: no Docker socket, three capabilities, no way out but
+    # the networks Dokploy adds; the webhook's PID namespace, where its PID 1 is credsync's pid:1.
     host_config = sidecar.attrs["HostConfig"]
     assert not [mount for mount in sidecar.attrs["Mounts"] if mount["Source"] == DOCKER_SOCKET]
     added = sorted(name.removeprefix("CAP_") for name in host_config["CapAdd"])
-    assert host_config["CapDrop"] == ["ALL"] and added == ["CHOWN", "DAC_OVERRIDE"]
+    assert host_config["CapDrop"] == ["ALL"] and added == ["CHOWN", "DAC_OVERRIDE", "KILL"]
     assert host_config["ReadonlyRootfs"] is True and "no-new-privileges:true" in host_config["SecurityOpt"]
-    status = app.exec("credsync", "cat", "/proc/1/status")
-    effective = int(next(line for line in status.splitlines() if line.startswith("CapEff:")).split()[1], 16)
-    assert effective == (1 << CAP_CHOWN) | (1 << CAP_DAC_OVERRIDE)
+    assert host_config["PidMode"] == f"container:{webhook.id}"
+    assert effective_capabilities(app) == (1 << CAP_CHOWN) | (1 << CAP_DAC_OVERRIDE) | (1 << CAP_KILL)
     for network in sidecar.attrs["NetworkSettings"]["Networks"]:
         assert app.client.networks.get(network).attrs["Internal"], f"the sidecar is on {network}, which leads out"
     mounts = {mount["Destination"]: mount for mount in sidecar.attrs["Mounts"]}
     assert mounts["/uploads"]["RW"] is False
-    assert "✓ publishing only: no notify target and no usable Docker socket, so no consumer checks" in app.exec(
-        "credsync", "credsync", "doctor"
-    )
+    doctor = app.exec("credsync", "credsync", "doctor")
+    assert "✓ notify target pid:1 (no Docker socket): start-webhook (PID 1) handles SIGHUP" in doctor
 
     # The webhook runs as claude-hub needs (it exits without BOT_USERNAME) and is told host paths.
     assert webhook.attrs["RestartCount"] == 0 and webhook.status == "running"
@@ -320,10 +330,78 @@ def test_the_dokploy_compose_publishes_an_scp_upload_that_a_claude_hub_job_reads
     run_job(app, busybox_image, f"sha256sum < /home/node/.claude/.credentials.json > /sessions/{job}")
     assert app.exec("webhook", "cat", f"/app/sessions/{job}").split()[0] == hashlib.sha256(data).hexdigest()
 
-    # An invalid upload changes nothing.
+    # Told with no socket: one HUP to the webhook's PID 1, which survives it.
+    wait_until(lambda: "notified" in app.sidecar_log(), timeout=30)
+    assert app.exec("webhook", "cat", "/tmp/signals").split() == ["HUP"]
+    webhook.reload()
+    assert webhook.attrs["RestartCount"] == 0 and webhook.status == "running"
+
+    # An invalid upload changes nothing, and tells no one.
     upload(app, sshd, tmp_path / ".credentials.json", data[: len(data) // 2], legacy=True)
     wait_until(lambda: "rejected" in app.sidecar_log(), timeout=20)
     assert published.read_bytes() == data
+    assert app.exec("webhook", "cat", "/tmp/signals").split() == ["HUP"]
+
+
+def logged(app: DokployApp, text: str) -> Callable[[], bool]:
+    return lambda: text in app.sidecar_log()
+
+
+def effective_capabilities(app: DokployApp) -> int:
+    """Of credsync's own process, read from the host's /proc (in the sidecar, PID 1 is the webhook's)."""
+    status = Path(f"/proc/{app.container('credsync').attrs['State']['Pid']}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("CapEff:")).split()[1], 16)
+
+
+def test_a_webhook_whose_pid_1_has_no_handler_is_never_signalled_and_keeps_running(
+    deploy: DeployFactory, sshd: SshServer, webhook_without_handler_image: str, tmp_path: Path
+) -> None:
+    app = deploy(isolated_with_a_domain, [], WEBHOOK_IMAGE=webhook_without_handler_image)
+    sidecar_ready(app)
+    webhook = app.container("webhook")
+    before = (webhook.attrs["State"]["StartedAt"], webhook.attrs["RestartCount"])
+    for serial in (1, 2):
+        data = claude_credentials(serial=serial)
+        upload(app, sshd, tmp_path / ".credentials.json", data)
+        wait_until(logged(app, f"published route=.credentials.json sha={sha12(data)}"))
+    wait_until(lambda: "published without notifying" in app.sidecar_log(), timeout=20)
+    log = app.sidecar_log()
+    assert log.count("published without notifying") == 1, "said once, not at every upload"
+    assert "start-webhook (PID 1) has no SIGHUP handler" in log and "notified" not in log
+    webhook.reload()
+    assert (
+        webhook.status == "running" and (webhook.attrs["State"]["StartedAt"], webhook.attrs["RestartCount"]) == before
+    )
+
+
+def test_a_webhook_restart_brings_the_sidecar_back_with_nothing_published_again(
+    deploy: DeployFactory, sshd: SshServer, tmp_path: Path
+) -> None:
+    app = deploy(as_shipped, [])
+    sidecar_ready(app)
+    data = claude_credentials(serial=1)
+    upload(app, sshd, tmp_path / ".credentials.json", data)
+    wait_until(lambda: "notified" in app.sidecar_log(), timeout=30)
+    published = app.volume_path("claude-config") / ".credentials.json"
+    inode_mtime = (published.stat().st_ino, published.stat().st_mtime_ns)
+
+    # The webhook's PID namespace ends with it; Docker restarts credsync into the new one.
+    app.container("webhook").restart(timeout=5)
+    wait_until(lambda: app.sidecar_log().count(" ready ") == 2, timeout=90)
+    assert "came back after an unclean stop" in app.sidecar_log()
+    health = app.exec("credsync", "credsync", "health")
+    assert health.startswith("healthy") and "came back" in health
+    second_run = app.sidecar_log().rsplit("watching source=", 1)[-1]
+    assert "unchanged route=.credentials.json" in second_run and "published" not in second_run
+    assert (published.stat().st_ino, published.stat().st_mtime_ns) == inode_mtime
+    assert "came back" in app.exec("credsync", "credsync", "status")
+
+    # Nothing lost: the next upload is published and the new webhook process is told.
+    newer = claude_credentials(serial=2)
+    upload(app, sshd, tmp_path / ".credentials.json", newer)
+    wait_until(lambda: app.sidecar_log().rsplit("watching source=", 1)[-1].count("notified") == 1, timeout=30)
+    assert published.read_bytes() == newer
+    assert app.exec("webhook", "cat", "/tmp/signals").split() == ["HUP", "HUP"]
 
 
 def test_the_opt_in_notify_layer_signals_a_consumer_that_reloads_and_never_restarts_it(
@@ -340,7 +418,7 @@ def test_the_opt_in_notify_layer_signals_a_consumer_that_reloads_and_never_resta
         assert f"✓ {webhook.name}: {variable} is the host path of volume {app.name}_{volume}" in doctor
     assert f"✓ notify target {webhook.name}: start-webhook (PID 1) handles SIGHUP" in doctor
 
-    assert sidecar.attrs["HostConfig"]["PidMode"] == f"container:{webhook.id}"  # the layer's `pid: service:`
+    assert sidecar.attrs["HostConfig"]["PidMode"] == f"container:{webhook.id}"  # the base file's `pid: service:`
 
     since = time.time()
     data = claude_credentials(serial=1)

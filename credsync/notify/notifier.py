@@ -11,6 +11,7 @@ import urllib.error
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import partial
 from urllib.parse import urlsplit
 
 import docker
@@ -21,6 +22,7 @@ from credsync.errors import ConfigError, printable
 from credsync.hashes import short_hash
 from credsync.notify.delivery import DeliveryFailed, Snapshot, post_http, run_exec, send_signal, verify_survived
 from credsync.notify.direct_signal import DirectUnavailable, signal_directly
+from credsync.notify.own_namespace import signal_in_own_namespace
 from credsync.notify.pending import Pending
 from credsync.notify.proc_readers import HostProc, host_pid_belongs
 from credsync.notify.procstatus import NO_HANDLER_FIX, ProcReadError, receiver_verdict
@@ -59,11 +61,10 @@ OutcomeListener = Callable[[Mapping[str, str], str], None]  # (route → publish
 
 @dataclass(frozen=True)
 class Sent:
-    """A notification that went out; its targets' survival is still to be proved."""
+    """A notification that went out; `survived()` proves its targets' survival (raises
+    DeliveryFailed, or a transient error when it cannot tell)."""
 
-    client: docker.DockerClient
-    targets: list[Snapshot]
-    at: float
+    survived: Callable[[], None]
     fields: dict[str, str]
 
 
@@ -98,7 +99,7 @@ class Notifier:
         signal_name = settings.notify_signal if self.mode in ("signal", "auto") else None
         self.targets = (
             None
-            if self.spec is None
+            if self.spec is None or self.spec.pid is not None
             else TargetCache(self._docker, self.spec, self._project_of, signal_name, self._poke)
         )
 
@@ -215,8 +216,7 @@ class Notifier:
         outcome = attempt.outcome
         for sent in attempt.sent:
             try:
-                for before in sent.targets:
-                    verify_survived(sent.client, before, sent.at, self.settings.notify_grace_ms / 1000)
+                sent.survived()
             except DeliveryFailed as failure:
                 logger.bind(**sent.fields, reason=failure.args[0], routes=describe_batch(batch)).error(
                     "notification failed"
@@ -244,6 +244,8 @@ class Notifier:
 
     def _attempt(self, batch: Mapping[str, str]) -> Attempt:
         try:
+            if self.spec is not None and self.spec.pid is not None:
+                return self._signal_own_namespace(self.spec.pid)  # no Engine: nothing to connect to
             client = self._docker()
             targets = self.targets.targets() if self.targets is not None else []
             if self.spec is not None and not targets:
@@ -319,7 +321,7 @@ class Notifier:
         if verdict.catches:
             return self._send(client, [before], lambda: send_signal(container, signal_name), fields)
         self.targets.forget()  # a refusal is looked at afresh next time
-        return Attempt(self._refuse_signal(before, verdict.explanation))
+        return Attempt(self._refuse_signal(before.name, (before.container_id, before.started_at), verdict.explanation))
 
     def _signal_directly(
         self, client: docker.DockerClient, target: Target, reader: HostProc, fields: dict[str, str]
@@ -334,9 +336,33 @@ class Notifier:
         at = time.time()
         verdict = signal_directly(reader, self.settings.notify_signal, receiver_verdict, belongs)
         if verdict.catches:
-            return Attempt(Delivery.DELIVERED, [Sent(client, [before], at, fields)])
+            return Attempt(Delivery.DELIVERED, [Sent(self._engine_check(client, [before], at), fields)])
         self.targets.forget()
-        return Attempt(self._refuse_signal(before, verdict.explanation))
+        return Attempt(self._refuse_signal(before.name, (before.container_id, before.started_at), verdict.explanation))
+
+    def _signal_own_namespace(self, pid: int) -> Attempt:
+        """Straight to a process of credsync's own PID namespace, with no Engine at all."""
+        fields = {"target": f"pid:{pid}", "notify": self.mode}
+        try:
+            verdict, signalled = signal_in_own_namespace(pid, self.settings.notify_signal)
+        except DirectUnavailable as why:
+            fix = 'the sidecar needs CAP_KILL and the webhook\'s PID namespace (compose: pid: "service:webhook")'
+            self._say_once(("direct", str(why)), "ERROR", "cannot notify", reason=str(why), fix=fix)
+            return Attempt(Delivery.FAILED)
+        if signalled is None:
+            return Attempt(self._refuse_signal(f"pid:{pid}", ("pid", str(pid)), verdict.explanation))
+        grace_s = self.settings.notify_grace_ms / 1000
+        return Attempt(Delivery.DELIVERED, [Sent(partial(signalled.survived, grace_s), fields)])
+
+    def _engine_check(self, client: docker.DockerClient, targets: list[Snapshot], at: float) -> Callable[[], None]:
+        """Each container still running, not restarted, no `die` event in the grace period."""
+        grace_s = self.settings.notify_grace_ms / 1000
+
+        def survived() -> None:
+            for before in targets:
+                verify_survived(client, before, at, grace_s)
+
+        return survived
 
     def _notify_http(self, client: docker.DockerClient, targets: list[Target], batch: Mapping[str, str]) -> Attempt:
         url = str(self.settings.notify_url)
@@ -359,19 +385,18 @@ class Notifier:
         except DeliveryFailed as failure:
             logger.bind(**fields, reason=failure.args[0]).error("notification failed")
             return Attempt(Delivery.FAILED)
-        return Attempt(Delivery.DELIVERED, [Sent(client, targets, at, fields)])
+        return Attempt(Delivery.DELIVERED, [Sent(self._engine_check(client, targets, at), fields)])
 
-    def _refuse_signal(self, before: Snapshot, explanation: str) -> Delivery:
-        """Never send a signal the receiver does not catch: it is ignored or it kills the consumer."""
+    def _refuse_signal(self, name: str, instance: tuple[str, str], explanation: str) -> Delivery:
+        """Never send a signal the receiver does not catch: it is ignored or it kills the consumer.
+        Said once per `instance` of the target (a restarted one is judged and said again)."""
         fix = NO_HANDLER_FIX
-        key = ("skip", before.container_id, before.started_at)
+        key = ("skip", *instance)
         if self.mode == "auto":
-            self._say_once(
-                key, "WARNING", "published without notifying", target=before.name, reason=explanation, fix=fix
-            )
+            self._say_once(key, "WARNING", "published without notifying", target=name, reason=explanation, fix=fix)
             return Delivery.SKIPPED
         message = f"{self.settings.notify_signal} not sent"
-        self._say_once(key, "ERROR", message, target=before.name, reason=explanation, fix=fix)
+        self._say_once(key, "ERROR", message, target=name, reason=explanation, fix=fix)
         return Delivery.FAILED
 
     def _say_once(self, key: tuple[str, ...], level: str, message: str, **fields: object) -> None:

@@ -25,8 +25,11 @@ class TargetSpec:
     container: str | None = None  # a name or ID
     project: str | None = None  # None with a service: credsync's own compose project
     service: str | None = None
+    pid: int | None = None  # a process in credsync's own PID namespace: no Engine involved
 
     def describe(self) -> str:
+        if self.pid is not None:
+            return f"pid:{self.pid}"
         if self.container is not None:
             return self.container
         return f"{self.project or '<own project>'}/{self.service}"
@@ -34,6 +37,11 @@ class TargetSpec:
 
 def parse_target(text: str) -> TargetSpec:
     text = text.strip()
+    if text.startswith("pid:"):
+        number = text.removeprefix("pid:")
+        if not (number.isascii() and number.isdigit() and int(number) > 0):
+            raise ConfigError("CREDSYNC_NOTIFY_TARGET pid:N needs a process number, e.g. pid:1")
+        return TargetSpec(pid=int(number))
     if text.startswith("service:"):
         service = text.removeprefix("service:")
         if not service:
