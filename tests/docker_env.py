@@ -21,7 +21,7 @@ from docker.models.containers import Container
 BUSYBOX_IMAGE = "credsync-test/busybox:latest"
 BUSYBOX_APPLETS = (
     *("sh", "sleep", "cat", "echo", "timeout", "true", "false", "ls", "date", "touch", "wc", "stat"),
-    *("httpd", "wget", "mkdir", "sha256sum", "env"),
+    *("httpd", "wget", "mkdir", "sha256sum", "env", "chown", "chmod"),
 )
 WEBHOOK_IMAGE = "credsync-test/webhook:latest"
 NO_HANDLER_WEBHOOK_IMAGE = "credsync-test/webhook-no-handler:latest"
@@ -74,11 +74,16 @@ def busybox_image(docker_client: docker.DockerClient) -> str:
 
 def import_webhook(docker_client: docker.DockerClient, image: str, main_loop: str) -> str:
     """A stand-in for claude-hub's webhook: like the real one it refuses to start without
-    BOT_USERNAME and answers /health on $PORT (its healthcheck runs `curl -f`); then PID 1 runs
-    `main_loop`."""
+    BOT_USERNAME, gives its credentials folder to claudeuser:claudeshared (1001:2000) at every
+    start, and answers /health on $PORT (its healthcheck runs `curl -f`); then PID 1 runs
+    `main_loop`. (The real one's PID 1 is `runuser` with node below it; busybox has no runuser,
+    and what credsync judges is the same: a PID 1 that handles HUP, or one that does not.)"""
     repository, tag = image.split(":")
     start = (
         '[ -n "$BOT_USERNAME" ] || { echo "BOT_USERNAME is required" >&2; exit 1; }\n'
+        # As claude-hub's scripts/runtime/startup.sh does as root at every start.
+        "[ -d /home/node/.claude ] && chown -R 1001:2000 /home/node/.claude /app/sessions\n"
+        "[ -d /app/sessions ] && chmod -R 2775 /app/sessions\n"
         "mkdir -p /tmp/www && echo ok > /tmp/www/health && httpd -p ${PORT:-3002} -h /tmp/www\n" + main_loop + "\n"
     )
     curl = '#!/bin/sh\n# curl -f URL, as the healthcheck calls it\nexec wget -q -O /dev/null "$2"\n'

@@ -228,6 +228,7 @@ def deploy(
             "CREDSYNC_BASE_IMAGE": offline_build.base_image,
             "CREDSYNC_WHEELS_URL": offline_build.wheels_url,
             "CREDSYNC_BUILD_NETWORK": "host",
+            "WEBHOOK_PULL_POLICY": "never",  # no registry here: the stand-in image is local
             **tab,
             "DOCKER_CONFIG": "/root/.docker",
         }
@@ -316,7 +317,7 @@ def test_the_dokploy_compose_publishes_an_scp_upload_that_a_claude_hub_job_reads
     published = app.volume_path("claude-config") / ".credentials.json"
     assert published.read_bytes() == data, "the volume does not hold the uploaded bytes"
     info = published.stat()
-    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (1001, 1001, 0o600)
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (1001, 2000, 0o600)  # as claude-hub's start-up
 
     # The uploader can read what became of it, without privileges on the server.
     receipt_path = app.uploads.parent / "claude-receipts" / ".credentials.json.receipt.json"
@@ -393,6 +394,8 @@ def test_a_webhook_restart_brings_the_sidecar_back_with_nothing_published_again(
     assert health.startswith("healthy") and "came back" in health
     second_run = app.sidecar_log().rsplit("watching source=", 1)[-1]
     assert "unchanged route=.credentials.json" in second_run and "published" not in second_run
+    # The webhook's start-up chowned the folder to 1001:2000, the owner credsync gives it too.
+    assert "repaired owner and mode" not in app.sidecar_log()
     assert (published.stat().st_ino, published.stat().st_mtime_ns) == inode_mtime
     assert "came back" in app.exec("credsync", "credsync", "status")
 
@@ -446,3 +449,56 @@ def test_the_opt_in_notify_layer_signals_a_consumer_that_reloads_and_never_resta
     assert "published" not in second_run and "notified" not in second_run
     assert (published.stat().st_ino, published.stat().st_mtime_ns) == inode_mtime
     assert app.exec("webhook", "cat", "/tmp/signals").split() == ["HUP"]
+
+
+@pytest.mark.parametrize("unset", ["UPLOADS_DIR", "RECEIPTS_DIR"])
+def test_an_unset_folder_stops_the_deployment_before_docker_creates_it_as_root(
+    docker_client: docker.DockerClient, webhook_image: str, tmp_path: Path, unset: str
+) -> None:
+    name = app_name()
+    code = clean_clone(tmp_path / "code")
+    home = tmp_path / "home"
+    tab = {"UPLOADS_DIR": str(home / "claude-uploads"), "RECEIPTS_DIR": str(home / "claude-receipts")}
+    del tab[unset]
+    environment = {"APP_NAME": name, "COMPOSE_PROJECT_NAME": name, "WEBHOOK_IMAGE": webhook_image, **tab}
+    (code / ".env").write_text("".join(f"{key}={value}\n" for key, value in environment.items()))
+    refused = subprocess.run(
+        ["docker", "compose", "-p", name, "-f", COMPOSE_FILE, "up", "-d", "--build", "--remove-orphans"],
+        cwd=code,
+        env={"PATH": os.environ["PATH"], "NODE_ENV": "production"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert unset in refused.stderr and "credsync init" in refused.stderr, refused.stderr[-600:]
+    assert not home.exists(), "a folder was created"
+    assert docker_client.containers.list(all=True, filters={"label": f"com.docker.compose.project={name}"}) == []
+
+
+def test_the_dokploy_template_loads_in_compose_v2_with_the_released_image(tmp_path: Path) -> None:
+    code = clean_clone(tmp_path / "code") / "dokploy" / "claude-hub-credsync"
+    name = app_name()
+    tab = {"COMPOSE_PROJECT_NAME": name, "UPLOADS_DIR": "/home/deploy/claude-uploads", "RECEIPTS_DIR": "/r"}
+
+    def config(**extra: str) -> subprocess.CompletedProcess[str]:
+        (code / ".env").write_text("".join(f"{key}={value}\n" for key, value in {**tab, **extra}.items()))
+        return subprocess.run(
+            ["docker", "compose", "-p", name, "-f", "docker-compose.yml", "config", "--format", "json"],
+            cwd=code,
+            env={"PATH": os.environ["PATH"], "NODE_ENV": "production"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    unset = config()
+    assert unset.returncode != 0 and "CREDSYNC_IMAGE" in unset.stderr
+    loaded = config(CREDSYNC_IMAGE=f"ghcr.io/owner/credsync:{__version__}")
+    assert loaded.returncode == 0, loaded.stderr[-600:]
+    services = json.loads(loaded.stdout)["services"]
+    assert services["credsync"]["image"] == f"ghcr.io/owner/credsync:{__version__}"
+    assert "build" not in services["credsync"]
+    assert services["webhook"]["expose"] == ["3002"] and not services["webhook"].get("ports")

@@ -4,10 +4,15 @@ on a delivery task. Pure logic: the system tests deploy the same files for real.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import tomllib
 from typing import Any
 
 import yaml
 
+from credsync import __version__
 from tests.docker_env import REPO
 
 SOCKET = "/var/run/docker.sock"
@@ -43,3 +48,18 @@ def test_only_the_opt_in_layers_and_swarms_intake_hold_a_socket() -> None:
     assert not mounts_socket(deliver) and deliver["environment"]["CREDSYNC_NOTIFY"].startswith("none")
     layer = service("docker-stack.notify.yml", "deliver")
     assert mounts_socket(layer) and layer["environment"]["CREDSYNC_NOTIFY"] == "signal"
+
+
+def test_the_dokploy_template_is_made_from_the_compose_file_and_pins_this_release() -> None:
+    made = subprocess.run([sys.executable, str(REPO / "scripts" / "dokploy_template.py"), "--check"], check=False)
+    assert made.returncode == 0, "dokploy/claude-hub-credsync/docker-compose.yml is stale"
+    blueprint = REPO / "dokploy" / "claude-hub-credsync"
+    compose = yaml.safe_load((blueprint / "docker-compose.yml").read_text())
+    assert "build" not in compose["services"]["credsync"] and "ports" not in compose["services"]["webhook"]
+    assert compose["services"]["webhook"]["expose"] == ["3002"]
+    template = tomllib.loads((blueprint / "template.toml").read_text())
+    (domain,) = template["config"]["domains"]
+    assert (domain["serviceName"], domain["port"]) == ("webhook", 3002)
+    assert template["variables"]["credsync_image"].endswith(f"/credsync:{__version__}")
+    assert template["config"]["env"]["UPLOADS_DIR"] == template["config"]["env"]["RECEIPTS_DIR"] == ""
+    assert json.loads((blueprint / "meta.json").read_text())["version"] == __version__
