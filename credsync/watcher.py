@@ -54,7 +54,15 @@ PARENT_MASK = Mask(
     | InotifyConstants.IN_DELETE
     | InotifyConstants.IN_MOVE
 )
-DESTINATION_MASK = Mask(OWN_FOLDER | InotifyConstants.IN_CLOSE_WRITE | InotifyConstants.IN_MOVED_TO)
+# A published file rewritten, renamed over, deleted or moved away by anyone (credsync's own temp
+# files come and go under other names, which no route has).
+DESTINATION_MASK = Mask(
+    OWN_FOLDER
+    | InotifyConstants.IN_CLOSE_WRITE
+    | InotifyConstants.IN_MOVED_TO
+    | InotifyConstants.IN_DELETE
+    | InotifyConstants.IN_MOVED_FROM
+)
 
 # Plain ints, tested on the raw mask: watchdog's event objects (a frozen dataclass, a property
 # per bit) cost more than the rest of an event's handling.
@@ -124,7 +132,7 @@ class SourceParentWatch:
 
 
 class DestinationWatch:
-    """Close-after-write or rename onto a published file's path, by anyone."""
+    """Close-after-write, rename onto, deletion or rename away of a published file's path, by anyone."""
 
     def __init__(self, uploads_by_name: dict[bytes, str], rewritten: Callable[[str], None]) -> None:
         self.uploads_by_name = uploads_by_name

@@ -132,6 +132,22 @@ def test_a_consumer_rewrite_is_kept_and_a_lost_destination_is_repaired(folders: 
     assert_published(destination, data)
 
 
+def test_a_published_file_the_consumer_deletes_is_noticed_at_once(folders: Folders) -> None:
+    data = claude_credentials()
+    folders.upload(".credentials.json", data)
+    first = WatchProcess(folders).ready()
+    first.wait_for("published", route=".credentials.json")
+    assert first.stop() == 0
+    # A fresh daemon has no check of its own publication pending: only the deletion can say it.
+    second = WatchProcess(folders).ready()
+    try:
+        second.wait_for("unchanged", route=".credentials.json")
+        (folders.claude_dir / ".credentials.json").unlink()
+        second.wait_for("the published file is gone or no longer a regular file", route=".credentials.json")
+    finally:
+        assert second.stop() == 0
+
+
 def test_the_periodic_rescan_repairs_without_any_event(folders: Folders) -> None:
     data = claude_credentials()
     folders.upload(".credentials.json", data)
