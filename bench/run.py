@@ -378,7 +378,8 @@ class SidecarLane(CredsyncLane):
         mounts = {"/uploads": self.source, "/claude-config": self.dest, "/var/lib/credsync": self.state}
         mounts |= {"/receipts": self.folder / "receipts", "/claude-aws": self.folder / "claude-aws"}
         options = sidecar.run_options(mounts, self.here.consumer.name)
-        flags = ["--log-format=json", *self.flags]
+        # The lanes publish as one owner (OWNER), where the file gives claude-hub's 1001:2000.
+        flags = ["--log-format=json", "--owner=1001:1001", *self.flags]
         command = ["docker", "run", "--rm", f"--name={self.name}", "--network=none", *options, self.image, "watch"]
         return Command([*command, *flags])
 

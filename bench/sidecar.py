@@ -24,7 +24,7 @@ COMPOSE_FILES = ("docker-compose.dokploy.yml",)  # the default deployment: signa
 # Keys that shape how compose builds, starts or connects it, not how it runs: the lane runs with
 # network none (the socket is a file) and is started by the bench.
 NOT_TRANSLATED = frozenset({"build", "image", "restart", "depends_on", "networks"})
-INTERPOLATION = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+INTERPOLATION = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
 LISTS = {"cap_drop": "--cap-drop", "cap_add": "--cap-add", "security_opt": "--security-opt", "tmpfs": "--tmpfs"}
 
 
@@ -58,8 +58,9 @@ def compose_service() -> dict[str, Any]:
 
 
 def defaulted(text: str) -> str:
-    """`${VAR:-default}` as compose reads it with VAR unset."""
-    return INTERPOLATION.sub(lambda match: match.group(2) or "", text)
+    """`${VAR:-default}` as compose reads it with VAR unset; a required `${VAR:?message}` as
+    empty (the lane gives such a mount its own folder)."""
+    return INTERPOLATION.sub(lambda match: match.group(3) if match.group(2) == "-" else "", text)
 
 
 def run_options(mounts: Mapping[str, Path], webhook: str) -> list[str]:

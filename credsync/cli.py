@@ -114,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each receipt (default 60)")
     push.set_defaults(handler=run_push)
 
+    init = commands.add_parser(
+        "init",
+        help="as the SSH user: create and check the upload and receipts folders, ask a running credsync to answer,"
+        " print the settings to paste (0 ok, 2 bad usage, 3 failed)",
+    )
+    init.add_argument("server", nargs="?", metavar="SERVER", help="[user@]host[:UPLOAD_DIR] over ssh (default: here)")
+    init.add_argument("--ssh", default="ssh", help="the ssh command, e.g. 'ssh -p 2222' (default: ssh)")
+    init.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for credsync's answer (default 10; 0: do not ask)"
+    )
+    init.set_defaults(handler=run_init)
+
     check = commands.add_parser("validate", help="check files as credsync would (0 valid, 1 invalid)")
     check.add_argument("files", nargs="+", type=Path, metavar="FILE")
     check.add_argument("--kind", choices=KINDS, help="kind of every FILE (default: from its name)")
@@ -297,6 +309,14 @@ def run_push(args: argparse.Namespace) -> int:
     for report in reports:
         print(f"{report.server}: {report.line}")
     return max(int(report.verdict) for report in reports)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from credsync import init
+
+    verdict, lines = init.run(args.server, shlex.split(args.ssh), max(0.0, args.timeout))
+    print("\n".join(lines))
+    return int(verdict)
 
 
 def run_validate(args: argparse.Namespace) -> int:

@@ -478,6 +478,9 @@ class Pipeline:
         if not self._ignored_said.add(name):
             return
         hint = near_miss(name, (route.upload for route in self.routes))
+        if self.receipts is not None and (owner := self.uploader()) is not None:
+            # A misnamed upload's receipt (once per name, a bounded number), or `credsync init`'s probe answered.
+            self.receipts.ignored(name, hint, owner)
         if hint is None:
             if self._ignored_budgets["DEBUG"].admit():
                 logger.bind(upload=printable(name)).debug("ignored: no route for this name")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from credsync.errors import ConfigError, CredsyncError, Rejection, printable
 from credsync.hashes import short_hash
-from credsync.receipts import receipt_name
+from credsync.receipts import legacy_receipt_name, receipt_name
 from credsync.routes import Kind
 from credsync.setup_token import parse_setup_token
 from credsync.timefmt import now_ms
@@ -76,6 +76,11 @@ class Server:
     def receipts_dir(self) -> str:
         """Beside the upload folder: ~/claude-uploads → ~/claude-receipts."""
         return posixpath.join(posixpath.dirname(self.upload_dir), RECEIPTS_DIR_NAME)
+
+    @property
+    def shown_receipts_dir(self) -> str:
+        """As the operator would type it: `~/claude-receipts`, or an absolute path as it is."""
+        return self.receipts_dir if posixpath.isabs(self.receipts_dir) else "~/" + self.receipts_dir
 
 
 def parse_server(text: str) -> Server:
@@ -145,31 +150,41 @@ def check_locally(credential: Credential) -> None:
 
 
 def remote_script(server: Server, credential: Credential, timeout_s: float) -> str:
-    """Runs on the server as the SSH user, the credential on its standard input."""
+    """Runs on the server as the SSH user, the credential on its standard input. The answer is
+    the receipt under its name, or under the name a credsync from before it writes."""
     target = posixpath.join(server.upload_dir, credential.route)
     receipt = posixpath.join(server.receipts_dir, receipt_name(credential.route))
+    legacy = posixpath.join(server.receipts_dir, legacy_receipt_name(credential.route))
     # Its own hash, or none: an upload refused by its shape (size, kind of file) is never read.
     prefix = f'"upload_sha256_prefix": "{short_hash(credential.sha256)}"'
     unread = '"upload_sha256_prefix": ""'
     rounds = max(1, int(timeout_s / POLL_S))
     return f"""set -eu
 umask 077
-target={shlex.quote(target)}; receipt={shlex.quote(receipt)}
+target={shlex.quote(target)}; receipt={shlex.quote(receipt)}; legacy={shlex.quote(legacy)}
 tmp="$(dirname "$target")/.credsync-push.$$.tmp"
 mkdir -p "$(dirname "$target")"
-rm -f "$receipt" 2>/dev/null || true
+rm -f "$receipt" "$legacy" 2>/dev/null || true
 cat > "$tmp"
 mv -f "$tmp" "$target"
+ours() {{  # the receipt of these bytes, by either name
+  for r in "$receipt" "$legacy"; do
+    if [ -f "$r" ] && grep -qF -e {shlex.quote(prefix)} -e {shlex.quote(unread)} "$r"; then
+      found=$r; return 0
+    fi
+  done
+  return 1
+}}
 n=0
 while [ "$n" -lt {rounds} ]; do
-  if [ -f "$receipt" ] && grep -qF -e {shlex.quote(prefix)} -e {shlex.quote(unread)} "$receipt"; then
-    grep -q '"notification": "pending"' "$receipt" || {{ cat "$receipt"; exit 0; }}
+  if ours; then
+    grep -q '"notification": "pending"' "$found" || {{ cat "$found"; exit 0; }}
   fi
   sleep {POLL_S}
   n=$((n + 1))
 done
-if [ -f "$receipt" ] && grep -qF -e {shlex.quote(prefix)} -e {shlex.quote(unread)} "$receipt"; then
-  cat "$receipt"; exit 0
+if ours; then
+  cat "$found"; exit 0
 fi
 exit 124
 """
@@ -189,9 +204,21 @@ def connect_timeout_s(timeout_s: float) -> int:
     return max(1, min(math.ceil(timeout_s), MAX_CONNECT_TIMEOUT_S))
 
 
+def ssh_argv(ssh: Sequence[str], destination: str, script: str, connect_s: float) -> list[str]:
+    """`script` run by the server's shell: no terminal, never a password prompt, and a bounded
+    time to connect. `destination` came through parse_server, so it is no ssh option."""
+    options = ["-T", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout_s(connect_s)}"]
+    return [*ssh, *options, destination, script]
+
+
+def last_line(stderr: bytes) -> str:
+    """What ssh (or the server) said last, printable: why a session failed."""
+    lines = stderr.decode(errors="replace").strip().splitlines()
+    return printable(lines[-1]) if lines else ""
+
+
 def push_to(server: Server, credential: Credential, ssh: Sequence[str], timeout_s: float) -> Report:
-    options = ["-T", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout_s(timeout_s)}"]
-    command = [*ssh, *options, server.destination, remote_script(server, credential, timeout_s)]
+    command = ssh_argv(ssh, server.destination, remote_script(server, credential, timeout_s), timeout_s)
     name = printable(server.destination)
     try:
         done = subprocess.run(command, input=credential.data, capture_output=True, timeout=timeout_s + 60)
@@ -202,11 +229,10 @@ def push_to(server: Server, credential: Credential, ssh: Sequence[str], timeout_
             name,
             Verdict.TIMED_OUT,
             f"uploaded, but no receipt within {timeout_s:g}s: is credsync running there with CREDSYNC_RECEIPTS_DIR"
-            f" set to ~/{printable(server.receipts_dir)}?",
+            f" set to {printable(server.shown_receipts_dir)}? (`credsync init` checks)",
         )
     if done.returncode != 0:
-        said = printable(done.stderr.decode(errors="replace").strip().splitlines()[-1:][0] if done.stderr else "")
-        return Report(name, Verdict.FAILED, f"upload failed: ssh exited {done.returncode}: {said}")
+        return Report(name, Verdict.FAILED, f"upload failed: ssh exited {done.returncode}: {last_line(done.stderr)}")
     return judge_receipt(name, done.stdout)
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from credsync.receipts import receipt_name
 from credsync.settings import Settings, load_settings
 
 # Built at run time so no committed file holds a token-shaped string; obviously fake.
@@ -313,7 +314,7 @@ class Site(Folders):
 
     def receipt(self, route: str) -> dict[str, Any]:
         """The receipt credsync wrote for the route (awaited: it follows the log line)."""
-        path = self.receipts / (route.replace("/", "__") + ".receipt.json")
+        path = self.receipts / receipt_name(route)
         wait_until(path.exists, timeout=5)
         receipt: dict[str, Any] = json.loads(path.read_text())
         return receipt

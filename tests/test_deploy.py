@@ -25,6 +25,7 @@ import yaml
 from docker.models.containers import Container
 
 from credsync import __version__
+from credsync.receipts import receipt_name
 from tests.helpers import assert_no_canary, claude_credentials, sha12, wait_until
 from tests.image_build import OfflineBuild, clean_clone
 from tests.sshd import SshServer
@@ -320,8 +321,9 @@ def test_the_dokploy_compose_publishes_an_scp_upload_that_a_claude_hub_job_reads
     assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (1001, 2000, 0o600)  # as claude-hub's start-up
 
     # The uploader can read what became of it, without privileges on the server.
-    receipt_path = app.uploads.parent / "claude-receipts" / ".credentials.json.receipt.json"
+    receipt_path = app.uploads.parent / "claude-receipts" / receipt_name(".credentials.json")
     wait_until(receipt_path.exists, timeout=10)
+    assert receipt_path.name in subprocess.run(["ls", str(receipt_path.parent)], capture_output=True, text=True).stdout
     receipt = json.loads(receipt_path.read_text())
     assert (receipt["outcome"], receipt["upload_sha256_prefix"]) == ("published", sha12(data))
     assert receipt_path.stat().st_uid == sshd.user.uid

@@ -141,6 +141,8 @@ def test_push_publishes_to_two_servers_then_says_unchanged(
     second = push(sshd, sites, f"--file={local}")
     assert second.returncode == 0 and second.stdout.count("unchanged") == 2, second.stdout
     receipts_are_clean(sites)
+    # What the SSH user sees: the receipt by a name `ls` shows.
+    assert sshd.ssh(f"ls {shlex.quote(str(sites[0].receipts))}").stdout.split() == ["receipt-.credentials.json"]
     assert not list(sites[0].source.glob(".credsync-push.*")), "a temporary file was left behind"
 
 

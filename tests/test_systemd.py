@@ -2,13 +2,17 @@
 systemd), credsync installed by scripts/install-host from a clean clone and offline wheels,
 two instances of the template unit for two Dokploy-style app names. Each reaches ready through
 Type=notify, publishes what the SSH user uploaded, files a rejection at warning priority, and
-rescans on `systemctl reload` without a restart."""
+rescans on `systemctl reload` without a restart. A third is set up as an operator would: its
+folders and env lines from `credsync init`, and `credsync push` gets its receipt once
+install-host's drop-in lets the unit write the receipts folder (and nothing else of /home)."""
 
 from __future__ import annotations
 
 import io
+import shlex
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -20,13 +24,15 @@ import pytest
 from docker.models.containers import Container
 
 from tests.docker_env import REPO
-from tests.helpers import CANARY, claude_credentials, sha12
+from tests.helpers import CANARY, assert_no_canary, claude_credentials, credsync_command, sha12
 from tests.image_build import OfflineBuild, clean_clone
 
 pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
 
 SYSTEMD_IMAGE = "credsync-systemd:bookworm"
 APPS = ("claude-hub-x7k2qa", "claude-hub-m3p9zt")
+RECEIPTS_APP = "claude-hub-r4c3pt"  # set up by `credsync init`, with receipts
+INSTALL_HOST = "PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels bash /src/scripts/install-host"
 UPLOADER = 1000
 CONSUMER = 1001
 TEMPLATE = REPO / "systemd" / "credsync@.service"
@@ -67,7 +73,10 @@ class SystemdHost:
             if exit_code == 0:
                 return text
             if time.monotonic() > deadline:
-                raise AssertionError(f"{command!r} did not succeed within {timeout}s: {text[-800:]}")
+                _, journal = self.container.exec_run(["journalctl", "-o", "cat", "-n", "25", "-u", "credsync@*"])
+                said = journal.decode(errors="replace") if isinstance(journal, bytes) else ""
+                assert CANARY not in said
+                raise AssertionError(f"{command!r} did not succeed within {timeout}s: {text[-800:]}; journal: {said}")
             time.sleep(0.2)  # a bounded poll: the state lives in another machine's journal
 
     def upload(self, app: str, data: bytes) -> None:
@@ -109,13 +118,14 @@ def systemd_host(
     host = SystemdHost(container)
     try:
         host.wait_for("systemctl is-system-running | grep -qE 'running|degraded'", timeout=60)
-        host.run("PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels bash /src/scripts/install-host")
+        host.run(INSTALL_HOST)
         host.run(f"useradd --uid {UPLOADER} --create-home deploy && groupadd --gid {CONSUMER} claude")
         for app in APPS:
             host.run(f"mkdir -m 700 /home/deploy/uploads-{app}", user=UPLOADER)
             volume = f"/var/lib/docker/volumes/{app}_claude-config/_data"
             host.run(f"mkdir -p {volume} && chown {CONSUMER}:{CONSUMER} {volume}")
             host.run(f"echo CREDSYNC_SOURCE=/home/deploy/uploads-{app} > /etc/credsync/{app}.env")
+        host.run(f"echo CREDSYNC_LOG_LEVEL=DEBUG >> /etc/credsync/{APPS[0]}.env")  # its rescans show
         yield host
     finally:
         container.remove(force=True)
@@ -162,9 +172,13 @@ def test_two_instances_publish_reject_and_rescan_under_systemd(systemd_host: Sys
         f"journalctl -o cat -u credsync@{app} | grep -q 'published route=.credentials.json sha={sha12(good)}'"
     )
     host.run(f"rm {published}", user=CONSUMER)
-    host.wait_for(f"journalctl -o cat -u credsync@{app} | grep -q 'the published file is gone'")
+    # Said at once; or, when a rescan was already due (a mount of another unit's sandbox changes
+    # the mount table credsync watches), repaired by it first.
+    repaired = f"repaired route=.credentials.json sha={sha12(good)}"
+    host.wait_for(f"journalctl -o cat -u credsync@{app} | grep -qE 'the published file is gone|{repaired}'")
     host.run(f"systemctl reload credsync@{app}")
-    host.wait_for(f"journalctl -o cat -u credsync@{app} | grep -q 'repaired route=.credentials.json sha={sha12(good)}'")
+    host.wait_for(f"journalctl -o cat -u credsync@{app} | grep -q 'reconcile reason=SIGHUP'")  # at debug level
+    host.wait_for(f"journalctl -o cat -u credsync@{app} | grep -q '{repaired}'")
     assert host.run(f"stat -c '%u:%g %a' {published}").strip() == f"{CONSUMER}:{CONSUMER} 600"
     assert main_pid(host, app) == pid, "reload restarted the daemon"
     # The sandbox as systemd applied it to the running daemon.
@@ -182,3 +196,103 @@ def test_two_instances_publish_reject_and_rescan_under_systemd(systemd_host: Sys
     }
     for name in APPS:
         assert CANARY not in journal(host, name), "a secret reached the journal"
+
+
+# `ssh [-T] [-o KEY=VALUE]... USER@CONTAINER SCRIPT`, as `credsync push` calls ssh, carried by
+# `docker exec` into the systemd host, which has no network: the user's own shell, in their home.
+SSH_BY_DOCKER_EXEC = f"""#!{sys.executable}
+import os, sys
+args = sys.argv[1:]
+while args[0].startswith("-"):
+    args = args[2:] if args[0] == "-o" else args[1:]
+user, _, container = args[0].partition("@")
+home = "/home/" + user
+where = ["-u", user, "-e", "HOME=" + home, "-w", home, container]
+os.execvp("docker", ["docker", "exec", "-i", *where, "sh", "-c", args[1]])
+"""
+
+
+def as_deploy(host: SystemdHost, command: str) -> str:
+    return host.run(f"HOME=/home/deploy {command}", user=UPLOADER)
+
+
+def push_to_host(host: SystemdHost, tmp_path: Path, data: bytes, timeout_s: int) -> subprocess.CompletedProcess[str]:
+    """The operator's `credsync push`, here, to the SSH user of the systemd host."""
+    ssh = tmp_path / "ssh"
+    ssh.write_text(SSH_BY_DOCKER_EXEC)
+    ssh.chmod(0o755)
+    local = tmp_path / f"credentials-{sha12(data)}.json"
+    local.write_bytes(data)
+    destination = f"deploy@{host.container.id}"
+    pushed = subprocess.run(
+        credsync_command("push", f"--ssh={ssh}", f"--file={local}", f"--timeout={timeout_s}", destination),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s + 90,
+        check=False,
+    )
+    assert_no_canary(pushed.stdout + pushed.stderr, "push's output")
+    return pushed
+
+
+def writable_to(host: SystemdHost, pid: str, path: str) -> bool:
+    """Whether the mount holding `path`, as the process sees its file system, is read-write:
+    the deepest mount point above it, the last one mounted there (/proc/PID/mountinfo)."""
+    mounts = [line.split() for line in host.run(f"cat /proc/{pid}/mountinfo").splitlines()]
+    above = [fields for fields in mounts if path == fields[4] or path.startswith(fields[4].rstrip("/") + "/")]
+    holding = max(enumerate(above), key=lambda item: (len(item[1][4]), item[0]))[1]
+    return holding[5].split(",")[0] == "rw"
+
+
+def test_init_push_and_a_receipt_under_the_host_unit(systemd_host: SystemdHost, tmp_path: Path) -> None:
+    host, app = systemd_host, RECEIPTS_APP
+    volume = f"/var/lib/docker/volumes/{app}_claude-config/_data"
+    host.run(f"mkdir -p {volume} && chown {CONSUMER}:{CONSUMER} {volume}")
+    said = as_deploy(host, "/opt/credsync/bin/credsync init --timeout=0")
+    assert "  created /home/deploy/claude-receipts (0700)" in said
+    settings = [line for line in said.splitlines() if line.startswith("CREDSYNC_")]
+    assert settings == [
+        "CREDSYNC_SOURCE=/home/deploy/claude-uploads",
+        "CREDSYNC_RECEIPTS_DIR=/home/deploy/claude-receipts",
+    ]
+    host.run(f"printf '%s\\n' {shlex.join(settings)} > /etc/credsync/{app}.env")
+
+    # As shipped, before install-host has seen the setting: /home is read-only to the unit.
+    host.run(f"systemctl start credsync@{app}")
+    refused = push_to_host(host, tmp_path, claude_credentials(serial=7), timeout_s=3)
+    assert refused.returncode == 5, refused.stdout + refused.stderr
+    host.wait_for(f"journalctl -o cat -u credsync@{app} | grep -q 'cannot write the receipt'")
+    assert "scripts/install-host" in journal(host, app, "-p", "warning")
+
+    installed = host.run(INSTALL_HOST)
+    assert f"credsync@{app} may write /home/deploy/claude-receipts (its receipts)" in installed
+    dropin = host.run(f"cat /etc/systemd/system/credsync@{app}.service.d/credsync-receipts.conf")
+    assert "ReadWritePaths=-/home/deploy/claude-receipts" in dropin.splitlines()
+    host.run(f"systemctl restart credsync@{app}")
+
+    data = claude_credentials(serial=8)
+    pushed = push_to_host(host, tmp_path, data, timeout_s=20)
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    assert f"published, sha {sha12(data)}" in pushed.stdout
+    assert as_deploy(host, "ls /home/deploy/claude-receipts").split() == ["receipt-.credentials.json"]
+    answered = as_deploy(host, "/opt/credsync/bin/credsync init")
+    assert "nothing changed" in answered and "credsync answered within" in answered, answered
+    # Writable: that one folder; /home around it still read-only.
+    pid = main_pid(host, app)
+    assert writable_to(host, pid, "/home/deploy/claude-receipts")
+    for elsewhere in ("/home/deploy", "/home/deploy/claude-uploads", "/home/deploy/.ssh", "/etc/credsync"):
+        assert not writable_to(host, pid, elsewhere), elsewhere
+    assert CANARY not in journal(host, app), "a secret reached the journal"
+
+    # install-host again: nothing to change. A typo (/etc) is refused; the setting gone, so is the drop-in.
+    assert "may write" not in host.run(INSTALL_HOST)
+    host.run(f"echo CREDSYNC_RECEIPTS_DIR=/etc > /etc/credsync/{APPS[1]}.env.typo")
+    host.run(f"cat /etc/credsync/{APPS[1]}.env >> /etc/credsync/{APPS[1]}.env.typo")
+    host.run(f"mv /etc/credsync/{APPS[1]}.env.typo /etc/credsync/{APPS[1]}.env")
+    code, output = host.container.exec_run(["sh", "-c", INSTALL_HOST])
+    said = output.decode() if isinstance(output, bytes) else ""
+    assert code == 1 and "CREDSYNC_RECEIPTS_DIR=/etc not made writable: owned by root" in said, said[-500:]
+    host.run(f"test ! -e /etc/systemd/system/credsync@{APPS[1]}.service.d")
+    host.run(f"sed -i '/^CREDSYNC_RECEIPTS_DIR=/d' /etc/credsync/{app}.env /etc/credsync/{APPS[1]}.env")
+    assert f"credsync@{app}: no receipts folder writable any more" in host.run(INSTALL_HOST)
+    host.run(f"test ! -e /etc/systemd/system/credsync@{app}.service.d")
