@@ -121,6 +121,20 @@ def isolated_with_a_domain(compose: dict[str, Any], app: str) -> None:
     domain(compose, app, "webhook", 3002)
 
 
+def dokploy_compose(code: Path, app: str, files: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Docker Compose v2 (the CLI plugin), run as Dokploy runs it: with only PATH and NODE_ENV in
+    its environment, everything else from the app's `.env` in `code`."""
+    return subprocess.run(
+        ["docker", "compose", "-p", app, *(part for name in files for part in ("-f", name)), *args],
+        cwd=code,
+        env={"PATH": os.environ["PATH"], "NODE_ENV": "production"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
 @dataclass
 class DokployApp:
     """An app as Dokploy lays it out: the repository cloned into `code/`, the Environment tab
@@ -133,18 +147,7 @@ class DokployApp:
     files: list[str]
 
     def compose(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Docker Compose v2 (the CLI plugin), run as Dokploy runs it: with only PATH and NODE_ENV
-        in its environment, everything else from the app's `.env`."""
-        files = [part for name in self.files for part in ("-f", name)]
-        result = subprocess.run(
-            ["docker", "compose", "-p", self.name, *files, *args],
-            cwd=self.code,
-            env={"PATH": os.environ["PATH"], "NODE_ENV": "production"},
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
+        result = dokploy_compose(self.code, self.name, self.files, *args)
         assert result.returncode == 0, f"docker compose {args[0]} failed: {result.stderr[-2000:]}"
         return result
 
@@ -464,15 +467,7 @@ def test_an_unset_folder_stops_the_deployment_before_docker_creates_it_as_root(
     del tab[unset]
     environment = {"APP_NAME": name, "COMPOSE_PROJECT_NAME": name, "WEBHOOK_IMAGE": webhook_image, **tab}
     (code / ".env").write_text("".join(f"{key}={value}\n" for key, value in environment.items()))
-    refused = subprocess.run(
-        ["docker", "compose", "-p", name, "-f", COMPOSE_FILE, "up", "-d", "--build", "--remove-orphans"],
-        cwd=code,
-        env={"PATH": os.environ["PATH"], "NODE_ENV": "production"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    refused = dokploy_compose(code, name, [COMPOSE_FILE], "up", "-d", "--build", "--remove-orphans")
     assert refused.returncode != 0
     assert unset in refused.stderr and "credsync init" in refused.stderr, refused.stderr[-600:]
     assert not home.exists(), "a folder was created"
@@ -486,15 +481,7 @@ def test_the_dokploy_template_loads_in_compose_v2_with_the_released_image(tmp_pa
 
     def config(**extra: str) -> subprocess.CompletedProcess[str]:
         (code / ".env").write_text("".join(f"{key}={value}\n" for key, value in {**tab, **extra}.items()))
-        return subprocess.run(
-            ["docker", "compose", "-p", name, "-f", "docker-compose.yml", "config", "--format", "json"],
-            cwd=code,
-            env={"PATH": os.environ["PATH"], "NODE_ENV": "production"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return dokploy_compose(code, name, ["docker-compose.yml"], "config", "--format", "json")
 
     unset = config()
     assert unset.returncode != 0 and "CREDSYNC_IMAGE" in unset.stderr
