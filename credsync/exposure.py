@@ -4,10 +4,10 @@ Said at every start, in `status` and in `doctor`. Pure logic."""
 
 from __future__ import annotations
 
-from credsync.routes import Kind, RouteTable
+from credsync.routes import CONFIG_ROUTES, Kind, RouteTable
 from credsync.settings import Settings
 
-CONFIG_KINDS: frozenset[Kind] = frozenset({"claude-settings", "claude-global-config", "aws-config"})
+CONFIG_KINDS: frozenset[Kind] = frozenset(kind for _, _, kind, _ in CONFIG_ROUTES)
 TRUSTED = (
     "CREDSYNC_TRUST_UPLOADER is on: no allow-list applies, and whoever can upload may run code and redirect"
     " requests (with the consumer's token) as the consumer"
