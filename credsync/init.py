@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from credsync.errors import ConfigError, printable
-from credsync.push import DEFAULT_UPLOAD_DIR, POLL_S, Server, last_line, parse_server, shown, ssh_argv
+from credsync.push import DEFAULT_UPLOAD_DIR, Server, last_line, parse_server, shown, ssh_argv
 from credsync.receipts import PROBE_PREFIX, PROBE_RECEIPT
 
 MIN_CONNECT_S = 10  # ssh's ConnectTimeout, whatever the probe's timeout (0 skips the probe)
 LOCAL = "this machine"
+
+PROBE_POLL_S = 0.2  # the wait for credsync's answer to the probe: seconds matter, not milliseconds
 
 
 class Verdict(IntEnum):
@@ -64,7 +66,7 @@ class Survey:
 def script(server: Server, probe: str, timeout_s: float) -> str:
     """The POSIX sh run as the SSH user. Every value the caller chose is quoted; what the server
     has (its home, owners, modes) is only printed, as records `kind<TAB>field…`."""
-    rounds = max(0, int(timeout_s / POLL_S))
+    rounds = max(0, int(timeout_s / PROBE_POLL_S))
     return f"""umask 077
 up={shlex.quote(server.upload_dir)}; rc={shlex.quote(server.receipts_dir)}; probe={shlex.quote(probe)}
 say() {{ printf '%s' "$1"; shift; for f in "$@"; do printf '\\t%s' "$f"; done; printf '\\n'; }}
@@ -95,7 +97,7 @@ if [ "$bad" = 0 ] && [ {rounds} -gt 0 ]; then
     n=0
     until [ -f "$answer" ] && grep -qF -e "$probe" "$answer"; do
       [ "$n" -ge {rounds} ] && break
-      sleep {POLL_S}
+      sleep {PROBE_POLL_S}
       n=$((n + 1))
     done
     if [ -f "$answer" ] && grep -qF -e "$probe" "$answer"; then
@@ -218,7 +220,7 @@ def render(where: str, survey: Survey, timeout_s: float) -> list[str]:
 
 def said_about_credsync(survey: Survey, timeout_s: float) -> str:
     if survey.answer is not None:
-        within = (survey.waited_rounds or 0) * POLL_S + POLL_S
+        within = (survey.waited_rounds or 0) * PROBE_POLL_S + PROBE_POLL_S
         return f"credsync answered within {within:.1f}s: {shown(survey.answer)}"
     if survey.waited_rounds is None:
         return "credsync not asked" + (": fix the folders first" if survey.problems else " (--timeout 0)")
