@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.helpers import CLAUDE_CLI, Folders, WatchProcess, make_folders
+from tests.helpers import CLAUDE_CLI, Folders, WatchProcess, job_workspace, make_folders
 
 # Property tests explore 100 examples each in the fast tier, 300 in the whole suite
 # (scripts/test sets HYPOTHESIS_PROFILE=thorough).
@@ -35,6 +35,13 @@ def claude() -> Path:
     if not CLAUDE_CLI.exists():  # never skipped: without the real consumer this proves nothing
         pytest.fail(f"{CLAUDE_CLI} is missing: run 'bash scripts/test-deps'")
     return CLAUDE_CLI
+
+
+@pytest.fixture
+def workspace() -> Iterator[Path]:
+    """A job's private /workspace, removed after."""
+    with job_workspace() as folder:
+        yield folder
 
 
 @pytest.fixture

@@ -101,6 +101,47 @@ def assert_no_canary(text: str, where: str) -> None:
     assert CANARY not in text, f"a secret leaked into {where}"
 
 
+@contextlib.contextmanager
+def job_workspace() -> Iterator[Path]:
+    """claude-hub's job's /workspace: not under pytest's tmp_path, root's 0700 folder, which
+    `node` could not enter."""
+    folder = Path(tempfile.mkdtemp(prefix="credsync-job-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def give_to_job_user(workspace: Path) -> None:
+    """As the job's entrypoint does (as root) before it runs claude as `node`."""
+    for path in [workspace, *workspace.rglob("*")]:
+        os.chown(path, JOB_USER, JOB_USER, follow_symlinks=False)
+
+
+def auth_status(claude: Path, home: Path) -> dict[str, Any]:
+    """`claude auth status` as `node` with HOME there: needs no network."""
+    result = subprocess.run(
+        ["setpriv", f"--reuid={JOB_USER}", f"--regid={JOB_USER}", "--clear-groups", str(claude), "auth", "status"],
+        env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert_no_canary(result.stdout + result.stderr, "claude auth status")
+    status: dict[str, Any] = json.loads(result.stdout)
+    return status
+
+
+def as_a_job_reads_it(claude: Path, published: Path, workspace: Path) -> dict[str, Any]:
+    """claude-hub's job entrypoint: copy /home/node/.claude/. to /workspace/.claude, chown it to
+    node, run claude as node with HOME=/workspace."""
+    shutil.copytree(published, workspace / ".claude")
+    give_to_job_user(workspace)
+    return auth_status(claude, workspace)
+
+
 class FakeClock:
     """A monotonic clock the test moves by hand, for pure scheduling logic."""
 

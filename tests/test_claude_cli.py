@@ -8,12 +8,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,7 +18,8 @@ from tests.helpers import (
     CANARY,
     JOB_USER,
     Folders,
-    assert_no_canary,
+    as_a_job_reads_it,
+    auth_status,
     claude_credentials,
     mcp_sign_ins,
     now_ms,
@@ -31,42 +28,7 @@ from tests.helpers import (
 
 pytestmark = pytest.mark.system  # root, a real Docker Engine or sshd: see conftest.py
 
-NODE = JOB_USER  # claude-hub's job runs claude as `node`
 TOKEN = "sk-ant-oat01-fake-" + "k" * 24 + CANARY
-
-
-@pytest.fixture
-def workspace() -> Iterator[Path]:
-    # Not under pytest's tmp_path: that is root's 0700 folder, which `node` could not enter.
-    folder = Path(tempfile.mkdtemp(prefix="credsync-job-"))
-    folder.chmod(0o755)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def auth_status(claude: Path, home: Path) -> dict[str, Any]:
-    result = subprocess.run(
-        ["setpriv", f"--reuid={NODE}", f"--regid={NODE}", "--clear-groups", str(claude), "auth", "status"],
-        env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert_no_canary(result.stdout + result.stderr, "claude auth status")
-    status: dict[str, Any] = json.loads(result.stdout)
-    return status
-
-
-def as_a_job_reads_it(claude: Path, published: Path, workspace: Path) -> dict[str, Any]:
-    """claude-hub's job entrypoint: copy /home/node/.claude/. to /workspace/.claude, chown it to
-    node, run claude as node with HOME=/workspace."""
-    shutil.copytree(published, workspace / ".claude")
-    for path in [workspace, *workspace.rglob("*")]:
-        os.chown(path, NODE, NODE, follow_symlinks=False)
-    return auth_status(claude, workspace)
 
 
 def sync(folders: Folders) -> int:
@@ -103,7 +65,7 @@ def test_the_published_file_is_private_to_its_owner(claude: Path, folders: Folde
     assert sync(folders) == 0
     home = workspace / "home"
     (home / ".claude").mkdir(parents=True)
-    os.chown(home, NODE, NODE)
+    os.chown(home, JOB_USER, JOB_USER)
     shutil.copy2(folders.claude_dir / ".credentials.json", home / ".claude" / ".credentials.json")
     os.chown(home / ".claude" / ".credentials.json", 1001, 1001)  # as published: 1001, 0600
     assert auth_status(claude, home)["loggedIn"] is False

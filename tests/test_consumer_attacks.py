@@ -50,6 +50,8 @@ from tests.helpers import (
     assert_no_canary,
     claude_credentials,
     deployed_site,
+    give_to_job_user,
+    job_workspace,
     run_cli,
     sha12,
 )
@@ -416,15 +418,12 @@ class JobRun:
 def run_job(published: Path, api: Listener, attack: Attack) -> JobRun:
     """claude-hub's job: copy the published folder to /workspace/.claude, chown it to node, run
     `claude -p` as node with HOME=/workspace, here in a git work tree."""
-    workspace = Path(tempfile.mkdtemp(prefix="credsync-job-"))  # not under tmp_path: root's 0700
-    try:
-        workspace.chmod(0o755)
+    with job_workspace() as workspace:
         shutil.copytree(published, workspace / ".claude")
         repo = workspace / "repo"
         subprocess.run(["git", "-c", "init.defaultBranch=main", "init", "-q", str(repo)], check=True, timeout=30)
         (repo / "README").write_text("the job's work tree\n")
-        for path in [workspace, *workspace.rglob("*")]:
-            os.chown(path, JOB_USER, JOB_USER, follow_symlinks=False)
+        give_to_job_user(workspace)
         environment = {"HOME": str(workspace), **JOB_ENVIRONMENT, "ANTHROPIC_BASE_URL": api.url}
         if attack.vertex:
             environment |= VERTEX | {"ANTHROPIC_VERTEX_BASE_URL": api.url}
@@ -452,8 +451,6 @@ def run_job(published: Path, api: Listener, attack: Attack) -> JobRun:
                 os.killpg(job.pid, signal.SIGKILL)  # whatever it started and left behind (an MCP server)
         assert_no_canary(output, "the job's output")
         return JobRun(job.returncode, output)
-    finally:
-        shutil.rmtree(workspace, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- evidence

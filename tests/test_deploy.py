@@ -26,7 +26,7 @@ from docker.models.containers import Container
 
 from credsync import __version__
 from credsync.receipts import receipt_name
-from tests.helpers import assert_no_canary, claude_credentials, sha12, wait_until
+from tests.helpers import as_a_job_reads_it, assert_no_canary, claude_credentials, sha12, wait_until
 from tests.image_build import OfflineBuild, clean_clone
 from tests.sshd import SshServer
 
@@ -286,7 +286,13 @@ def run_job(app: DokployApp, busybox_image: str, script: str) -> None:
     "transform", [as_shipped, isolated_with_a_domain], ids=["as-shipped", "isolated-with-a-domain"]
 )
 def test_the_dokploy_compose_publishes_an_scp_upload_that_a_claude_hub_job_reads(
-    deploy: DeployFactory, sshd: SshServer, busybox_image: str, tmp_path: Path, transform: Transformation
+    deploy: DeployFactory,
+    sshd: SshServer,
+    busybox_image: str,
+    claude: Path,
+    workspace: Path,
+    tmp_path: Path,
+    transform: Transformation,
 ) -> None:
     app = deploy(transform, [])
     sidecar_ready(app)
@@ -322,6 +328,8 @@ def test_the_dokploy_compose_publishes_an_scp_upload_that_a_claude_hub_job_reads
     assert published.read_bytes() == data, "the volume does not hold the uploaded bytes"
     info = published.stat()
     assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (1001, 2000, 0o600)  # as claude-hub's start-up
+    # The real consumer: Claude Code's CLI, reading the volume's folder the way a job copies it.
+    assert as_a_job_reads_it(claude, app.volume_path("claude-config"), workspace)["loggedIn"] is True
 
     # The uploader can read what became of it, without privileges on the server.
     receipt_path = app.uploads.parent / "claude-receipts" / receipt_name(".credentials.json")
