@@ -66,41 +66,45 @@ class Schedule:
             return max(0.0, min(self._due.values()) - self._clock())
 
 
+MAX_REASONS = 8  # named in one coalesced rescan's log line
+
+
 class Coalesced:
     """Requests for one thing (a rescan), done at most once per `interval_s`: a request after a
     quiet interval is due at once, and those that come within the interval after it wait for its
-    end and are done as one, under the first one's reason. Used by the loop's thread alone."""
+    end and are done as one, under every distinct reason asked for (a mount change must not hide
+    an overflow). Used by the loop's thread alone."""
 
     def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval_s = interval_s
         self._clock = clock
-        self._reason: str | None = None
+        self._reasons: dict[str, None] = {}  # distinct, in the order asked; a handful of fixed texts
         self._done_at = -math.inf
 
     def request(self, reason: str) -> None:
-        if self._reason is None:
-            self._reason = reason
+        if len(self._reasons) < MAX_REASONS:
+            self._reasons.setdefault(reason)
 
     @property
     def pending(self) -> bool:
-        return self._reason is not None
+        return bool(self._reasons)
 
     def seconds_until_due(self) -> float | None:
         """None when nothing was requested."""
-        if self._reason is None:
+        if not self._reasons:
             return None
         return max(0.0, self._done_at + self.interval_s - self._clock())
 
     def take(self) -> str | None:
-        """The reason, when a request is due now (it is then done, and forgotten)."""
-        if self._reason is None:
+        """The reasons, `; `-joined, when a request is due now (it is then done, and forgotten)."""
+        if not self._reasons:
             return None
         now = self._clock()
         if now < self._done_at + self.interval_s:
             return None
-        reason, self._reason = self._reason, None
+        reasons, self._reasons = self._reasons, {}
         self._done_at = now
-        return reason
+        return "; ".join(reasons)
 
 
 class LineBudget:

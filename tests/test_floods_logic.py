@@ -25,7 +25,7 @@ def test_a_rescan_asked_for_after_a_quiet_interval_is_due_at_once() -> None:
     assert not rescans.pending
 
 
-def test_rescans_asked_for_within_the_interval_run_once_at_its_end_under_the_first_reason() -> None:
+def test_rescans_asked_for_within_the_interval_run_once_at_its_end_under_every_reason() -> None:
     clock = FakeClock()
     rescans = Coalesced(1.0, clock)
     rescans.request("first")
@@ -38,8 +38,12 @@ def test_rescans_asked_for_within_the_interval_run_once_at_its_end_under_the_fir
     clock.now += 0.74
     assert rescans.take() is None
     clock.now += 0.01
-    assert rescans.take() == "an upload folder was created, moved or deleted"
+    assert rescans.take() == "an upload folder was created, moved or deleted; overflow; periodic"
     assert rescans.take() is None and not rescans.pending
+    for _ in range(3):
+        rescans.request("overflow")  # asked again: named once
+    clock.now += 1.0
+    assert rescans.take() == "overflow"
 
 
 def test_a_storm_of_requests_costs_one_rescan_per_interval() -> None:
